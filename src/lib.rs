@@ -11,6 +11,7 @@ pub mod check;
 pub mod front;
 pub mod interp;
 pub mod ir;
+pub mod layout;
 pub mod model;
 pub mod prompt;
 pub mod solvers;
