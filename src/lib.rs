@@ -14,5 +14,6 @@ pub mod ir;
 pub mod layout;
 pub mod model;
 pub mod prompt;
+pub mod ranges;
 pub mod solvers;
 pub mod tensors;
