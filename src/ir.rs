@@ -113,7 +113,7 @@ impl Builtin {
             Builtin::Y => tok[0],
             Builtin::X => tok[1 + elem],
             Builtin::One => 1.0,
-            Builtin::IsX => (t % 2 == 0) as u8 as f64,
+            Builtin::IsX => t.is_multiple_of(2) as u8 as f64,
             Builtin::IsY => (t % 2 == 1) as u8 as f64,
             Builtin::Count => t.div_ceil(2) as f64,
         }
@@ -162,7 +162,7 @@ impl ColumnSet {
     pub fn contains(self, t: usize) -> bool {
         match self {
             ColumnSet::Y => t % 2 == 1,
-            ColumnSet::X => t % 2 == 0,
+            ColumnSet::X => t.is_multiple_of(2),
             ColumnSet::All => true,
         }
     }

@@ -38,7 +38,7 @@ impl Prompt {
         let d = self.d();
         let mut tok = vec![0.0; d + 1];
         let k = t / 2;
-        if t % 2 == 0 {
+        if t.is_multiple_of(2) {
             tok[1..].copy_from_slice(&self.xs[k]);
         } else {
             tok[0] = self.ys[k];

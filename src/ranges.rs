@@ -72,16 +72,8 @@ impl Interval {
             hi: hi.next_up(),
         }
     }
-    pub fn add(self, o: Interval) -> Interval {
-        Interval::widen(self.lo + o.lo, self.hi + o.hi)
-    }
-    pub fn neg(self) -> Interval {
-        Interval {
-            lo: -self.hi,
-            hi: -self.lo,
-        }
-    }
-    pub fn mul(self, o: Interval) -> Interval {
+    /// Product, enclosing the exact product of the endpoints.
+    pub fn times(self, o: Interval) -> Interval {
         // 0·∞ is treated as 0 (a zero factor is exactly zero whatever the other is).
         let m = |a: f64, b: f64| if a == 0.0 || b == 0.0 { 0.0 } else { a * b };
         let c = [
@@ -95,7 +87,7 @@ impl Interval {
         Interval::widen(lo, hi)
     }
     pub fn scale(self, c: f64) -> Interval {
-        self.mul(Interval::point(c))
+        self.times(Interval::point(c))
     }
     /// `self / |den|` for a divisor interval that excludes 0.
     pub fn div_abs(self, den: Interval) -> Interval {
@@ -107,7 +99,33 @@ impl Interval {
             lo: (1.0 / b).next_down().max(0.0),
             hi: (1.0 / a).next_up(),
         };
-        self.mul(inv)
+        self.times(inv)
+    }
+}
+
+/// Sum, enclosing the exact sum of the endpoints.
+impl std::ops::Add for Interval {
+    type Output = Interval;
+    fn add(self, o: Interval) -> Interval {
+        Interval::widen(self.lo + o.lo, self.hi + o.hi)
+    }
+}
+
+impl std::ops::Neg for Interval {
+    type Output = Interval;
+    fn neg(self) -> Interval {
+        Interval {
+            lo: -self.hi,
+            hi: -self.lo,
+        }
+    }
+}
+
+/// Product, enclosing the exact product of the endpoints.
+impl std::ops::Mul for Interval {
+    type Output = Interval;
+    fn mul(self, o: Interval) -> Interval {
+        self.times(o)
     }
 }
 
@@ -256,7 +274,7 @@ pub fn analyze(p: &Program) -> Result<Ranges, RangeError> {
                         for j in 0..sa.cols {
                             let x = va[crate::ir::operand_index(ra, a.transposed, i, j)];
                             let y = vb[crate::ir::operand_index(rb, b.transposed, j, c)];
-                            acc = acc.add(x.mul(y));
+                            acc = acc + x * y;
                         }
                         out.push(acc);
                     }
@@ -290,7 +308,7 @@ pub fn analyze(p: &Program) -> Result<Ranges, RangeError> {
                                 let (i0, j0) = (j / shape.cols, j % shape.cols);
                                 let x =
                                     v[crate::ir::operand_index(rs, term.src.transposed, i0, j0)];
-                                *acc = acc.add(x.scale(c));
+                                *acc = *acc + x.scale(c);
                             }
                         }
                     }
@@ -478,7 +496,7 @@ mod tests {
 
     #[test]
     fn outward_rounding_encloses_inexact_sums() {
-        let a = Interval::point(0.1).add(Interval::point(0.2));
+        let a = Interval::point(0.1) + Interval::point(0.2);
         // 0.1 + 0.2 in exact rationals of the two doubles lies inside.
         assert!(a.lo < 0.30000000000000004 && a.hi > 0.3);
         let abs = Interval::new(-2.0, -0.5);
