@@ -238,6 +238,8 @@ fn input_range(p: &Program, reg: RegId, b: Builtin) -> Vec<Interval> {
 }
 
 /// Run the analysis.
+// The error carries the locations a user needs; it is built once, on the failure path.
+#[allow(clippy::result_large_err)]
 pub fn analyze(p: &Program) -> Result<Ranges, RangeError> {
     let mut state: Vec<Option<Vec<Interval>>> = p
         .registers
