@@ -8,6 +8,7 @@
 //! models, `solvers` the f64 ground truth, `prompt` the task, `train` and `eval` the trained mode.
 
 pub mod check;
+pub mod eval;
 pub mod front;
 pub mod interp;
 pub mod ir;
@@ -15,3 +16,4 @@ pub mod model;
 pub mod prompt;
 pub mod solvers;
 pub mod tensors;
+pub mod train;
