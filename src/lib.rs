@@ -8,6 +8,7 @@
 //! models, `solvers` the f64 ground truth, `prompt` the task, `train` and `eval` the trained mode.
 
 pub mod check;
+pub mod eval;
 pub mod front;
 pub mod interp;
 pub mod ir;
@@ -17,3 +18,4 @@ pub mod prompt;
 pub mod ranges;
 pub mod solvers;
 pub mod tensors;
+pub mod train;
