@@ -16,12 +16,14 @@ use proptest::prelude::*;
 use std::path::Path;
 
 fn load(path: &str, sets: &[(&str, String)]) -> Program {
-    let overrides: Vec<(String, String)> =
-        sets.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let overrides: Vec<(String, String)> = sets
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
     let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
     match icl::check::load_file(&full, &overrides) {
         Ok(p) => p,
-        Err(e) => panic!("{path} with {overrides:?} does not load:\n{e:?}"),
+        Err(e) => panic!("{path} with {overrides:?} does not load:\n{e}"),
     }
 }
 
@@ -40,15 +42,27 @@ fn prompt(d: usize, n: usize, seed: u64) -> Prompt {
 /// Largest `|a − b| / max(1, |b|)`.
 fn rel_err(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs() / y.abs().max(1.0)).fold(0.0, f64::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() / y.abs().max(1.0))
+        .fold(0.0, f64::max)
 }
 
-fn vs_solver(path: &str, sets: &[(&str, String)], solver: Solver, d: usize, n: usize, seed: u64) -> f64 {
+fn vs_solver(
+    path: &str,
+    sets: &[(&str, String)],
+    solver: Solver,
+    d: usize,
+    n: usize,
+    seed: u64,
+) -> f64 {
     let mut all = dims(d, n);
     all.extend(sets.iter().cloned());
     let p = load(path, &all);
     let pr = prompt(d, n, seed);
-    let got = run_f64(&p, &pr, false).unwrap_or_else(|e| panic!("{path}: {e}")).outputs;
+    let got = run_f64(&p, &pr, false)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .outputs;
     assert_eq!(got.len(), n + 1);
     rel_err(&got, &solver.predict(&pr))
 }
@@ -59,7 +73,12 @@ fn exact_vs_f64(path: &str, sets: &[(&str, String)], d: usize, n: usize, seed: u
     let p = load(path, &all);
     let pr = prompt(d, n, seed);
     let f = run_f64(&p, &pr, false).unwrap().outputs;
-    let e: Vec<f64> = run_exact(&p, &pr, false).unwrap().outputs.iter().map(|v| v.to_f64().unwrap()).collect();
+    let e: Vec<f64> = run_exact(&p, &pr, false)
+        .unwrap()
+        .outputs
+        .iter()
+        .map(|v| v.to_f64().unwrap())
+        .collect();
     rel_err(&f, &e)
 }
 
@@ -154,7 +173,13 @@ proptest! {
 
 #[test]
 fn default_parameters_run() {
-    for path in ["programs/ridge.icl", "programs/sgd.icl", "programs/gd.icl", "programs/paper/appendix_a.icl", "programs/paper/appendix_b.icl"] {
+    for path in [
+        "programs/ridge.icl",
+        "programs/sgd.icl",
+        "programs/gd.icl",
+        "programs/paper/appendix_a.icl",
+        "programs/paper/appendix_b.icl",
+    ] {
         let p = load(path, &[]);
         let out = run_f64(&p, &prompt(p.d, p.n, 9), false).unwrap().outputs;
         assert_eq!(out.len(), p.n + 1, "{path}");
@@ -165,7 +190,10 @@ fn default_parameters_run() {
 fn a_broken_assumption_names_the_operation_and_column() {
     // λ < 0 breaks appendix B's `assume den >= 1`: den = 1 + |x₁|²/λ < 1 at column 1, the first
     // column where the moved x₁ is non-zero.
-    let p = load("programs/paper/appendix_b.icl", &[("lambda", "-0.5".into())]);
+    let p = load(
+        "programs/paper/appendix_b.icl",
+        &[("lambda", "-0.5".into())],
+    );
     let pr = Prompt {
         xs: vec![vec![1.0, 0.0, 0.0], vec![0.0, 1.0, 0.0]],
         ys: vec![1.0, 0.0],
@@ -173,22 +201,45 @@ fn a_broken_assumption_names_the_operation_and_column() {
     };
     let err = run_f64(&p, &pr, false).unwrap_err();
     match &err {
-        InterpError::AssumptionViolated { assumption, register, column, value, written_by, .. } => {
+        InterpError::AssumptionViolated {
+            assumption,
+            register,
+            column,
+            value,
+            written_by,
+            ..
+        } => {
             assert_eq!(assumption, "assume den >= 1");
             assert_eq!(register, "den");
             assert_eq!(*column, 1);
             assert_eq!(*value, 1.0 + 1.0 / -0.5);
             let w = written_by.as_ref().unwrap();
-            assert_eq!(w.text.split_whitespace().collect::<Vec<_>>().join(" "), "aff den <- s + 1");
-            assert!(w.location.ends_with("appendix_b.icl:53:1"), "{}", w.location);
+            assert_eq!(
+                w.text.split_whitespace().collect::<Vec<_>>().join(" "),
+                "aff den <- s + 1"
+            );
+            assert!(
+                w.location.ends_with("appendix_b.icl:53:1"),
+                "{}",
+                w.location
+            );
         }
         e => panic!("wrong error: {e}"),
     }
     // An input out of its declared range is reported from the prompt.
     let p = load("programs/gd.icl", &dims(1, 1));
-    let pr = Prompt { xs: vec![vec![7.0], vec![0.0]], ys: vec![0.0, 0.0], w: vec![0.0] };
+    let pr = Prompt {
+        xs: vec![vec![7.0], vec![0.0]],
+        ys: vec![0.0, 0.0],
+        w: vec![0.0],
+    };
     match run_f64(&p, &pr, false).unwrap_err() {
-        InterpError::AssumptionViolated { register, column, written_by, .. } => {
+        InterpError::AssumptionViolated {
+            register,
+            column,
+            written_by,
+            ..
+        } => {
             assert_eq!((register.as_str(), column), ("x", 0));
             assert!(written_by.is_none());
         }
@@ -207,17 +258,80 @@ fn measure_max_errors() {
         let n = 1 + (seed as usize * 7 % 9);
         let lambda = 0.1 + (seed % 19) as f64 * 0.1;
         let alpha = 0.001 + (seed % 13) as f64 * 0.003;
-        worst[0] = worst[0].max(vs_solver("programs/ridge.icl", &[("lambda", lambda.to_string())], Solver::Ridge { lambda }, d, n, seed));
-        worst[1] = worst[1].max(vs_solver("programs/sgd.icl", &[("alpha", alpha.to_string()), ("lambda", lambda.to_string())], Solver::Sgd { alpha, lambda }, d, n, seed));
-        worst[2] = worst[2].max(vs_solver("programs/gd.icl", &[("alpha", alpha.to_string())], Solver::Gd { alpha }, d, n, seed));
+        worst[0] = worst[0].max(vs_solver(
+            "programs/ridge.icl",
+            &[("lambda", lambda.to_string())],
+            Solver::Ridge { lambda },
+            d,
+            n,
+            seed,
+        ));
+        worst[1] = worst[1].max(vs_solver(
+            "programs/sgd.icl",
+            &[("alpha", alpha.to_string()), ("lambda", lambda.to_string())],
+            Solver::Sgd { alpha, lambda },
+            d,
+            n,
+            seed,
+        ));
+        worst[2] = worst[2].max(vs_solver(
+            "programs/gd.icl",
+            &[("alpha", alpha.to_string())],
+            Solver::Gd { alpha },
+            d,
+            n,
+            seed,
+        ));
         if seed < 20 {
             let (d, n) = (1 + seed as usize % 3, 1 + seed as usize % 4);
-            worst[3] = worst[3].max(exact_vs_f64("programs/ridge.icl", &[("lambda", lambda.to_string())], d, n, seed));
+            worst[3] = worst[3].max(exact_vs_f64(
+                "programs/ridge.icl",
+                &[("lambda", lambda.to_string())],
+                d,
+                n,
+                seed,
+            ));
         }
     }
     // The defaults at the paper's size: d = 8, n = 40.
-    let big = vs_solver("programs/ridge.icl", &[], Solver::Ridge { lambda: 0.5 }, 8, 40, 1);
+    let big = vs_solver(
+        "programs/ridge.icl",
+        &[],
+        Solver::Ridge { lambda: 0.5 },
+        8,
+        40,
+        1,
+    );
     println!("max relative error over 200 cases: ridge {:e}, sgd {:e}, gd {:e}; exact-vs-f64 ridge (20 cases) {:e}; ridge d=8 n=40 {:e}",
         worst[0], worst[1], worst[2], worst[3], big);
     assert!(worst.iter().all(|&e| e <= 1e-10) && big <= 1e-10);
+}
+
+/// Longest chain of data dependences (each op one step after the last writers of what it
+/// reads) in the unrolled program.
+fn dependence_depth(p: &Program) -> usize {
+    let mut level = vec![0usize; p.registers.len()];
+    let mut depth = 0;
+    for op in &p.ops {
+        let l = 1 + op.kind.reads().iter().map(|&r| level[r]).max().unwrap_or(0);
+        level[op.kind.dst()] = l;
+        depth = depth.max(l);
+    }
+    depth
+}
+
+#[test]
+fn ridge_program_chain_per_example_is_five_steps() {
+    // u = A·x_i → {s = x_iᵀu, O = uuᵀ} → den = s + 1 → q = O/|den| → A ← A − q.
+    let d5 = dependence_depth(&load("programs/ridge.icl", &dims(3, 5)));
+    let d6 = dependence_depth(&load("programs/ridge.icl", &dims(3, 6)));
+    assert_eq!(d6 - d5, 5);
+    // gd.icl does not grow with n.
+    let g1 = dependence_depth(&load("programs/gd.icl", &dims(3, 2)));
+    let g2 = dependence_depth(&load("programs/gd.icl", &dims(3, 9)));
+    assert_eq!(g1, g2);
+    // sgd.icl: r = x_iᵀw → g = x_i r → w: three per example.
+    let s5 = dependence_depth(&load("programs/sgd.icl", &dims(3, 5)));
+    let s6 = dependence_depth(&load("programs/sgd.icl", &dims(3, 6)));
+    assert_eq!(s6 - s5, 3);
 }

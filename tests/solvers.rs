@@ -16,7 +16,9 @@ fn q(v: f64) -> BigRational {
 fn solve_exact(mut m: Vec<Vec<BigRational>>, mut r: Vec<BigRational>) -> Vec<BigRational> {
     let n = r.len();
     for c in 0..n {
-        let p = (c..n).find(|&i| !m[i][c].is_zero()).expect("singular system");
+        let p = (c..n)
+            .find(|&i| !m[i][c].is_zero())
+            .expect("singular system");
         m.swap(c, p);
         r.swap(c, p);
         let piv = m[c][c].clone();
@@ -55,7 +57,10 @@ fn ridge_exact(xs: &[Vec<f64>], ys: &[f64], lambda: f64) -> Vec<f64> {
     for (i, row) in m.iter_mut().enumerate() {
         row[i] += q(lambda);
     }
-    solve_exact(m, r).iter().map(|v| v.to_f64().unwrap()).collect()
+    solve_exact(m, r)
+        .iter()
+        .map(|v| v.to_f64().unwrap())
+        .collect()
 }
 
 /// Exact minimum-norm least squares for X of full rank: Xᵀ(XXᵀ)⁻¹y when k ≤ d, else
@@ -82,7 +87,10 @@ fn ols_exact_full_rank(xs: &[Vec<f64>], ys: &[f64]) -> Vec<f64> {
 }
 
 fn close(a: &[f64], b: &[f64], tol: f64) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol * 1f64.max(y.abs()))
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| (x - y).abs() <= tol * 1f64.max(y.abs()))
 }
 
 fn prefix_data(p: &Prompt, m: usize) -> (&[Vec<f64>], &[f64]) {
@@ -139,7 +147,11 @@ proptest! {
 fn ols_rank_deficient_equals_deduplicated() {
     // Repeating an example (with the same label) changes neither the least-squares set nor the
     // minimum-norm point: the solution must equal the one on the deduplicated data.
-    let xs = vec![vec![1.0, 2.0, -1.0], vec![0.5, 0.0, 3.0], vec![1.0, 2.0, -1.0]];
+    let xs = vec![
+        vec![1.0, 2.0, -1.0],
+        vec![0.5, 0.0, 3.0],
+        vec![1.0, 2.0, -1.0],
+    ];
     let ys = vec![2.0, -1.0, 2.0];
     let w = ols_weights(&xs, &ys);
     let e = ols_exact_full_rank(&xs[..2], &ys[..2]);
@@ -154,7 +166,11 @@ fn ols_rank_deficient_equals_deduplicated() {
 fn ridge_with_zero_lambda_is_ols() {
     let xs = vec![vec![1.0, 0.0, 2.0], vec![0.0, 1.0, 1.0]];
     let ys = vec![1.0, 3.0];
-    assert!(close(&ridge_weights(&xs, &ys, 0.0), &ols_exact_full_rank(&xs, &ys), 1e-12));
+    assert!(close(
+        &ridge_weights(&xs, &ys, 0.0),
+        &ols_exact_full_rank(&xs, &ys),
+        1e-12
+    ));
 }
 
 #[test]
@@ -189,7 +205,14 @@ fn sgd_two_steps_by_hand() {
         w: vec![0.0, 0.0],
     };
     // x̃_1: 0; x̃_2: w1ᵀx2 = 1; x̃_3: w2ᵀx3 = 3.5 − 1 = 2.5.
-    assert_eq!(Solver::Sgd { alpha: 0.25, lambda: 0.5 }.predict(&p), vec![0.0, 1.0, 2.5]);
+    assert_eq!(
+        Solver::Sgd {
+            alpha: 0.25,
+            lambda: 0.5
+        }
+        .predict(&p),
+        vec![0.0, 1.0, 2.5]
+    );
 }
 
 #[test]
@@ -200,8 +223,16 @@ fn knn_by_hand() {
         ys: vec![1.0, 2.0, 4.0, 8.0, 0.0],
         w: vec![0.0],
     };
-    let uni = Solver::Knn { k: 3, weighted: false }.predict(&p);
-    let wtd = Solver::Knn { k: 3, weighted: true }.predict(&p);
+    let uni = Solver::Knn {
+        k: 3,
+        weighted: false,
+    }
+    .predict(&p);
+    let wtd = Solver::Knn {
+        k: 3,
+        weighted: true,
+    }
+    .predict(&p);
     // x̃_1: no example → 0.
     assert_eq!((uni[0], wtd[0]), (0.0, 0.0));
     // x̃_2 (query 1, one example x=0): fewer than k → that y.
@@ -219,9 +250,27 @@ fn knn_by_hand() {
     assert!((uni[4] - 7.0 / 3.0).abs() < 1e-15);
     assert!((wtd[4] - 6.25 / 2.25).abs() < 1e-15);
     // Exact match: query equal to an example uses that example's y.
-    let p = Prompt { xs: vec![vec![0.0], vec![1.0], vec![1.0]], ys: vec![5.0, 7.0, 0.0], w: vec![0.0] };
-    assert_eq!(Solver::Knn { k: 3, weighted: true }.predict(&p)[2], 7.0);
-    assert_eq!(Solver::Knn { k: 1, weighted: false }.predict(&p)[2], 7.0);
+    let p = Prompt {
+        xs: vec![vec![0.0], vec![1.0], vec![1.0]],
+        ys: vec![5.0, 7.0, 0.0],
+        w: vec![0.0],
+    };
+    assert_eq!(
+        Solver::Knn {
+            k: 3,
+            weighted: true
+        }
+        .predict(&p)[2],
+        7.0
+    );
+    assert_eq!(
+        Solver::Knn {
+            k: 1,
+            weighted: false
+        }
+        .predict(&p)[2],
+        7.0
+    );
 }
 
 #[test]
@@ -229,6 +278,20 @@ fn zero_and_names() {
     let p = &PromptDistribution::new(2, 3).sample_batch(1, 1)[0];
     assert_eq!(Solver::Zero.predict(p), vec![0.0; 4]);
     assert_eq!(Solver::Ridge { lambda: 0.5 }.name(), "ridge(0.5)");
-    assert_eq!(Solver::Knn { k: 3, weighted: true }.name(), "knn(3,weighted)");
-    assert_eq!(Solver::Sgd { alpha: 0.01, lambda: 0.0 }.name(), "sgd(0.01)");
+    assert_eq!(
+        Solver::Knn {
+            k: 3,
+            weighted: true
+        }
+        .name(),
+        "knn(3,weighted)"
+    );
+    assert_eq!(
+        Solver::Sgd {
+            alpha: 0.01,
+            lambda: 0.0
+        }
+        .name(),
+        "sgd(0.01)"
+    );
 }
