@@ -1,6 +1,9 @@
 //! The interpreter on hand-built `ir::Program`s: each operation against a direct computation
 //! from the prompt's numbers, the exact and f64 paths against each other, and every error.
 
+// Index loops mirror the formulas they check (Σ_j over explicit indices).
+#![allow(clippy::needless_range_loop)]
+
 use icl::interp::{run_batch_f64, run_exact, run_f64, InterpError};
 use icl::ir::{
     AffTerm, Assumption, Bound, Builtin, ColumnSet, Op, OpKind, Operand, Pattern, Program, RegId,

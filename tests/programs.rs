@@ -7,6 +7,9 @@
 //! `cargo test --test programs -- --ignored --nocapture` prints the largest errors measured over
 //! a larger sample (`measure_max_errors`).
 
+// Index loops mirror the formulas they check (Σ_j over explicit indices).
+#![allow(clippy::needless_range_loop)]
+
 use icl::interp::{run_exact, run_f64, InterpError};
 use icl::ir::Program;
 use icl::prompt::{Prompt, PromptDistribution};
@@ -252,7 +255,7 @@ fn a_broken_assumption_names_the_operation_and_column() {
 #[test]
 #[ignore]
 fn measure_max_errors() {
-    let mut worst = [0.0f64; 4];
+    let mut worst = [0.0f64; 5];
     for seed in 0..200u64 {
         let d = 1 + (seed as usize % 5);
         let n = 1 + (seed as usize * 7 % 9);
@@ -282,6 +285,14 @@ fn measure_max_errors() {
             n,
             seed,
         ));
+        worst[4] = worst[4].max(vs_solver(
+            "programs/ridge_elim.icl",
+            &[("lambda", lambda.to_string())],
+            Solver::Ridge { lambda },
+            4,
+            n,
+            seed,
+        ));
         if seed < 20 {
             let (d, n) = (1 + seed as usize % 3, 1 + seed as usize % 4);
             worst[3] = worst[3].max(exact_vs_f64(
@@ -302,8 +313,8 @@ fn measure_max_errors() {
         40,
         1,
     );
-    println!("max relative error over 200 cases: ridge {:e}, sgd {:e}, gd {:e}; exact-vs-f64 ridge (20 cases) {:e}; ridge d=8 n=40 {:e}",
-        worst[0], worst[1], worst[2], worst[3], big);
+    println!("max relative error over 200 cases: ridge {:e}, sgd {:e}, gd {:e}, ridge_elim (d=4) {:e}; exact-vs-f64 ridge (20 cases) {:e}; ridge d=8 n=40 {:e}",
+        worst[0], worst[1], worst[2], worst[4], worst[3], big);
     assert!(worst.iter().all(|&e| e <= 1e-10) && big <= 1e-10);
 }
 
@@ -334,4 +345,32 @@ fn ridge_program_chain_per_example_is_five_steps() {
     let s5 = dependence_depth(&load("programs/sgd.icl", &dims(3, 5)));
     let s6 = dependence_depth(&load("programs/sgd.icl", &dims(3, 6)));
     assert_eq!(s6 - s5, 3);
+    let r = load("programs/ridge.icl", &[]);
+    let e = load("programs/ridge_elim.icl", &[]);
+    println!(
+        "dependence depth at the defaults: ridge.icl (d=4, n=8) {} over {} ops; ridge_elim.icl (d=4, n=8) {} over {} ops; gd.icl {}; sgd.icl (n=8) {}",
+        dependence_depth(&r), r.ops.len(), dependence_depth(&e), e.ops.len(),
+        dependence_depth(&load("programs/gd.icl", &[])),
+        dependence_depth(&load("programs/sgd.icl", &[]))
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    /// ridge_elim.icl (d = 4 only, see the program) is ridge(λ).
+    #[test]
+    fn ridge_elim_program_is_ridge(n in 1usize..10, lambda in 0.1f64..2.0, seed in any::<u64>()) {
+        let err = vs_solver("programs/ridge_elim.icl", &[("lambda", lambda.to_string())], Solver::Ridge { lambda }, 4, n, seed);
+        prop_assert!(err <= 1e-10, "relative error {err:e}");
+        let err = exact_vs_f64("programs/ridge_elim.icl", &[("lambda", lambda.to_string())], 4, n.min(3), seed);
+        prop_assert!(err <= 1e-12, "exact vs f64: relative error {err:e}");
+    }
+}
+
+#[test]
+fn ridge_elim_depth_does_not_grow_with_n() {
+    let a = dependence_depth(&load("programs/ridge_elim.icl", &dims(4, 2)));
+    let b = dependence_depth(&load("programs/ridge_elim.icl", &dims(4, 30)));
+    assert_eq!(a, b);
 }

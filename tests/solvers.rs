@@ -2,6 +2,9 @@
 //! rationals (Gauss–Jordan written here), hand-unrolled SGD/GD on small integer data, kNN cases
 //! worked by hand.
 
+// Index loops mirror the formulas they check (Σ_j over explicit indices).
+#![allow(clippy::needless_range_loop)]
+
 use icl::prompt::{Prompt, PromptDistribution};
 use icl::solvers::{gd_weights, ols_weights, predict_batch, ridge_weights, sgd_weights, Solver};
 use num_rational::BigRational;
