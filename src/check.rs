@@ -1689,11 +1689,7 @@ impl<'a> Checker<'a> {
     /// Shape of an implicit aff destination: a non-scalar source under a scalar or identity
     /// coefficient; else the rows of a matrix coefficient (a vector); else the bias's shape;
     /// else scalar when everything is scalar.
-    fn infer_aff_shape(
-        &self,
-        terms: &[RawTerm],
-        biases: &[(f64, Coef, Span)],
-    ) -> Option<Shape> {
+    fn infer_aff_shape(&self, terms: &[RawTerm], biases: &[(f64, Coef, Span)]) -> Option<Shape> {
         for t in terms {
             if let (Coef::Scalar(_) | Coef::Identity(_), Some(sh)) = (&t.1, t.5) {
                 if !sh.is_scalar() {
