@@ -11,6 +11,37 @@
 //!    (flow-sensitive over the unrolled order), shapes, column patterns, aff coefficients;
 //!    unrolled copies of one diagnostic are reported once (the first iteration);
 //! 5. whole-program checks: output, divisor assumptions, pinned-row collisions.
+//!
+//! Decisions where docs/LANGUAGE.md is silent:
+//! - Implicit registers: a name never declared with `reg` but written by some operation is a
+//!   work register whose shape is that of its first write (mov: the source; mul: the product;
+//!   div: the numerator; aff: a non-scalar source under a scalar/`I` coefficient, else the rows
+//!   of a matrix coefficient (a vector), else a literal bias's shape, else scalar when all is
+//!   scalar; a bias-only `I` cannot be inferred). A name read but never written is unknown.
+//! - `param`, `reg` and `output` are top level only; `assume` may sit in a loop (copies dedupe).
+//! - Integer contexts (dimensions, pins, `col`, loop bounds, `d`, `n`, integer `--set`) accept an
+//!   integer-valued real (`4.0`). `n / 2` stays an integer when exact, else becomes a real.
+//! - Constants: `+ - * /`, unary minus, `^T` on literal matrices, `s * [..]`, `[..] / s`,
+//!   `s * I`, tensor ± tensor of one shape; `[a, b]` is a vec, `[[..], [..]]` a matrix (rows).
+//! - aff summands are split at top-level `+`/`-` (through unary minus and parentheses); each is
+//!   a constant (bias), `REG`, `REG^T`, `COEF * REG`, `REG * c` or `REG / c` (c scalar).
+//!   Repeated sources stay separate terms, in textual order. `I` as a coefficient needs
+//!   |dst| = |src| (sizes, so it may reshape); a scalar coefficient needs equal shapes after
+//!   transposition, or a scalar source (broadcast: a |dst|×1 column). A literal bias needs
+//!   |dst| entries (any shape); a bias `I` needs a square dst.
+//! - A `--set` value is a constant expression without names; a real parameter accepts an
+//!   integer; a vector/matrix parameter accepts any literal (its shape may change with `d`);
+//!   setting one name twice is an error. Overrides apply where the parameter is declared, so
+//!   later parameters see the new value.
+//! - Live range of a pinned register: from its first write to its last read or write (the
+//!   output is read after the last op); two pinned registers collide when their rows overlap
+//!   and these closed intervals intersect (touching at one op counts: conservative).
+//! - Assumptions are global per register; the same (register, bound) is kept once. A divisor
+//!   needs at least one assumption that excludes zero.
+//! - After syntax errors nothing else is checked (a broken statement would cause noise); after
+//!   unusable `d`/`n` only parameter errors are reported.
+//! - Limits (errors, not crashes): expression/block depth 128, 200 000 unrolled iterations plus
+//!   ops, 2^25 dense aff coefficient entries, register size ≤ 65536, d ≤ 65534, n ≤ 2^20.
 
 use crate::front::ast::{
     AssumeAst, BinOp, Expr, ExprKind, Ident, PatternAst, ShapeAst, Stmt, StmtKind,
@@ -204,6 +235,10 @@ fn as_operand(e: &Expr) -> Option<(&str, bool, Span)> {
         _ => None,
     }
 }
+
+/// An aff term before expansion: (sign, coefficient, source register, transposed, span of the
+/// summand, source shape after transposition).
+type RawTerm = (f64, Coef, usize, bool, Span, Option<Shape>);
 
 /// A coefficient or bias before expansion.
 enum Coef {
@@ -1381,7 +1416,7 @@ impl<'a> Checker<'a> {
             .collect();
         let is_reg = |n: &str| -> bool { regset.contains(n) };
         // (sign, coefficient, register, transposed, span of the summand)
-        let mut terms: Vec<(f64, Coef, usize, bool, Span, Option<Shape>)> = Vec::new();
+        let mut terms: Vec<RawTerm> = Vec::new();
         let mut biases: Vec<(f64, Coef, Span)> = Vec::new();
         let mut ok = true;
         for (sign, e) in parts {
@@ -1654,11 +1689,7 @@ impl<'a> Checker<'a> {
     /// Shape of an implicit aff destination: a non-scalar source under a scalar or identity
     /// coefficient; else the rows of a matrix coefficient (a vector); else the bias's shape;
     /// else scalar when everything is scalar.
-    fn infer_aff_shape(
-        &self,
-        terms: &[(f64, Coef, usize, bool, Span, Option<Shape>)],
-        biases: &[(f64, Coef, Span)],
-    ) -> Option<Shape> {
+    fn infer_aff_shape(&self, terms: &[RawTerm], biases: &[(f64, Coef, Span)]) -> Option<Shape> {
         for t in terms {
             if let (Coef::Scalar(_) | Coef::Identity(_), Some(sh)) = (&t.1, t.5) {
                 if !sh.is_scalar() {

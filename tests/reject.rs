@@ -501,3 +501,59 @@ fn mov_patterns_and_in_place() {
         }
     );
 }
+
+#[test]
+fn sherman_morrison_program_is_accepted() {
+    // Online ridge by Sherman–Morrison (LANGUAGE.md's example made complete): A₀ = I/λ,
+    // A ← A − (A x)(A x)ᵀ / (1 + xᵀ A x) per example.
+    let p = accept(
+        "param d = 2\nparam n = 3\nparam lambda = 0.5\n\
+         assume x in [-6, 6]\nassume y in [-50, 50]\n\
+         reg A: mat[d, d]\nreg w: vec[d]\n\
+         aff A <- (1/lambda) * I\naff w <- 0\nmov xp <- x from prev\n\
+         for i in 1..=n {\n\
+             mov xi <- xp from col(2*i - 1)\n\
+             mul u <- A * xi\n\
+             mul s <- xi^T * u\n\
+             aff den <- s + 1\n\
+             mul uu <- u * u^T\n\
+             div q <- uu / |den|\n\
+             aff A <- A - q\n\
+         }\n\
+         assume den >= 1\n\
+         mul p <- w^T * x\noutput p\n",
+        &[],
+    );
+    // 3 setup ops + 3 iterations × 7 + the read-out.
+    assert_eq!(p.ops.len(), 3 + 3 * 7 + 1);
+    let cols: Vec<Pattern> = p
+        .ops
+        .iter()
+        .filter(|op| op.text.starts_with("mov xi"))
+        .map(|op| match op.kind {
+            OpKind::Mov { pattern, .. } => pattern,
+            _ => panic!(),
+        })
+        .collect();
+    // ỹ_i is column 2i − 1.
+    assert_eq!(
+        cols,
+        vec![Pattern::Col(1), Pattern::Col(3), Pattern::Col(5)]
+    );
+    // aff w <- 0: no terms, zero bias of |w| = 2.
+    assert_eq!(
+        p.ops[1].kind,
+        OpKind::Aff {
+            dst: p.reg_by_name("w").unwrap(),
+            terms: vec![],
+            bias: vec![0.0, 0.0]
+        }
+    );
+    // uu is inferred (2×1)·(1×2) = mat[2, 2]; q takes the numerator's shape.
+    assert_eq!(p.reg(p.reg_by_name("uu").unwrap()).shape, Shape::mat(2, 2));
+    assert_eq!(p.reg(p.reg_by_name("q").unwrap()).shape, Shape::mat(2, 2));
+    assert_eq!(p.assumptions.len(), 3);
+    let x = p.input(Builtin::X).unwrap();
+    assert_eq!(p.assumptions[0].reg, x);
+    assert_eq!(p.assumptions[0].bound, Bound::Range { lo: -6.0, hi: 6.0 });
+}

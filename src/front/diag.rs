@@ -168,7 +168,9 @@ impl Diagnostics {
                 .chars()
                 .map(|c| if c == '\t' { ' ' } else { c })
                 .collect();
-            out.push_str(&format!("{:>width$} | {}\n", span.line, shown.trim_end()));
+            let line = format!("{:>width$} | {}", span.line, shown);
+            out.push_str(line.trim_end());
+            out.push('\n');
             let col0 = (span.col.max(1) - 1) as usize;
             let line_chars = line_text.chars().count();
             // Caret length: the span's characters on this line (at least one).
