@@ -40,10 +40,7 @@ impl Shape {
         self.rows * self.cols
     }
     pub fn transposed(&self) -> Shape {
-        Shape {
-            rows: self.cols,
-            cols: self.rows,
-        }
+        Shape { rows: self.cols, cols: self.rows }
     }
     pub fn is_scalar(&self) -> bool {
         self.rows == 1 && self.cols == 1
@@ -185,13 +182,7 @@ impl Pattern {
     pub fn sources(self, t: usize) -> Vec<usize> {
         match self {
             Pattern::Prev => t.checked_sub(1).into_iter().collect(),
-            Pattern::Col(c) => {
-                if t >= c {
-                    vec![c]
-                } else {
-                    vec![]
-                }
-            }
+            Pattern::Col(c) => if t >= c { vec![c] } else { vec![] },
             Pattern::Mean(set) => (0..=t).filter(|&s| set.contains(s)).collect(),
         }
     }
@@ -222,21 +213,13 @@ pub struct AffTerm {
 #[serde(rename_all = "snake_case")]
 pub enum OpKind {
     /// `dst[t] = src[P(t)]`.
-    Mov {
-        dst: RegId,
-        src: RegId,
-        pattern: Pattern,
-    },
+    Mov { dst: RegId, src: RegId, pattern: Pattern },
     /// `dst = a · b` per column ((r×k)·(k×c), operands possibly transposed).
     Mul { dst: RegId, a: Operand, b: Operand },
     /// `dst = num / |den|` per column; `den` is scalar.
     Div { dst: RegId, num: RegId, den: RegId },
     /// `dst = Σ coef_i · src_i + bias` per column; bias has |dst| entries (row-major).
-    Aff {
-        dst: RegId,
-        terms: Vec<AffTerm>,
-        bias: Vec<f64>,
-    },
+    Aff { dst: RegId, terms: Vec<AffTerm>, bias: Vec<f64> },
 }
 
 impl OpKind {
@@ -331,11 +314,7 @@ pub enum ParamValue {
     Int(i64),
     Real(f64),
     /// A literal vector or matrix: `rows × cols`, row-major.
-    Tensor {
-        rows: usize,
-        cols: usize,
-        data: Vec<f64>,
-    },
+    Tensor { rows: usize, cols: usize, data: Vec<f64> },
 }
 
 /// The source a program came from, kept so that certificates can name locations and so that
@@ -387,11 +366,7 @@ impl Program {
     /// Shape of an operand after its (free) transposition.
     pub fn operand_shape(&self, o: Operand) -> Shape {
         let s = self.registers[o.reg].shape;
-        if o.transposed {
-            s.transposed()
-        } else {
-            s
-        }
+        if o.transposed { s.transposed() } else { s }
     }
     /// Assumptions about register `reg`.
     pub fn assumptions_on(&self, reg: RegId) -> impl Iterator<Item = &Assumption> {

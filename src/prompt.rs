@@ -78,14 +78,7 @@ pub struct PromptDistribution {
 
 impl PromptDistribution {
     pub fn new(d: usize, n: usize) -> Self {
-        PromptDistribution {
-            d,
-            n,
-            w_std: 1.0,
-            noise_std: 0.0,
-            x_scale: 1.0,
-            x_shift: 0.0,
-        }
+        PromptDistribution { d, n, w_std: 1.0, noise_std: 0.0, x_scale: 1.0, x_shift: 0.0 }
     }
 
     /// Draw one prompt.
@@ -100,9 +93,7 @@ impl PromptDistribution {
                 .collect();
             let mean: f64 = x.iter().zip(&w).map(|(a, b)| a * b).sum();
             let y = if self.noise_std > 0.0 {
-                Normal::new(mean, self.noise_std)
-                    .expect("noise_std > 0")
-                    .sample(rng)
+                Normal::new(mean, self.noise_std).expect("noise_std > 0").sample(rng)
             } else {
                 mean
             };
