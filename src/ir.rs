@@ -40,7 +40,10 @@ impl Shape {
         self.rows * self.cols
     }
     pub fn transposed(&self) -> Shape {
-        Shape { rows: self.cols, cols: self.rows }
+        Shape {
+            rows: self.cols,
+            cols: self.rows,
+        }
     }
     pub fn is_scalar(&self) -> bool {
         self.rows == 1 && self.cols == 1
@@ -110,7 +113,7 @@ impl Builtin {
             Builtin::Y => tok[0],
             Builtin::X => tok[1 + elem],
             Builtin::One => 1.0,
-            Builtin::IsX => (t % 2 == 0) as u8 as f64,
+            Builtin::IsX => t.is_multiple_of(2) as u8 as f64,
             Builtin::IsY => (t % 2 == 1) as u8 as f64,
             Builtin::Count => t.div_ceil(2) as f64,
         }
@@ -159,7 +162,7 @@ impl ColumnSet {
     pub fn contains(self, t: usize) -> bool {
         match self {
             ColumnSet::Y => t % 2 == 1,
-            ColumnSet::X => t % 2 == 0,
+            ColumnSet::X => t.is_multiple_of(2),
             ColumnSet::All => true,
         }
     }
@@ -182,7 +185,13 @@ impl Pattern {
     pub fn sources(self, t: usize) -> Vec<usize> {
         match self {
             Pattern::Prev => t.checked_sub(1).into_iter().collect(),
-            Pattern::Col(c) => if t >= c { vec![c] } else { vec![] },
+            Pattern::Col(c) => {
+                if t >= c {
+                    vec![c]
+                } else {
+                    vec![]
+                }
+            }
             Pattern::Mean(set) => (0..=t).filter(|&s| set.contains(s)).collect(),
         }
     }
@@ -213,13 +222,21 @@ pub struct AffTerm {
 #[serde(rename_all = "snake_case")]
 pub enum OpKind {
     /// `dst[t] = src[P(t)]`.
-    Mov { dst: RegId, src: RegId, pattern: Pattern },
+    Mov {
+        dst: RegId,
+        src: RegId,
+        pattern: Pattern,
+    },
     /// `dst = a · b` per column ((r×k)·(k×c), operands possibly transposed).
     Mul { dst: RegId, a: Operand, b: Operand },
     /// `dst = num / |den|` per column; `den` is scalar.
     Div { dst: RegId, num: RegId, den: RegId },
     /// `dst = Σ coef_i · src_i + bias` per column; bias has |dst| entries (row-major).
-    Aff { dst: RegId, terms: Vec<AffTerm>, bias: Vec<f64> },
+    Aff {
+        dst: RegId,
+        terms: Vec<AffTerm>,
+        bias: Vec<f64>,
+    },
 }
 
 impl OpKind {
@@ -314,7 +331,11 @@ pub enum ParamValue {
     Int(i64),
     Real(f64),
     /// A literal vector or matrix: `rows × cols`, row-major.
-    Tensor { rows: usize, cols: usize, data: Vec<f64> },
+    Tensor {
+        rows: usize,
+        cols: usize,
+        data: Vec<f64>,
+    },
 }
 
 /// The source a program came from, kept so that certificates can name locations and so that
@@ -366,7 +387,11 @@ impl Program {
     /// Shape of an operand after its (free) transposition.
     pub fn operand_shape(&self, o: Operand) -> Shape {
         let s = self.registers[o.reg].shape;
-        if o.transposed { s.transposed() } else { s }
+        if o.transposed {
+            s.transposed()
+        } else {
+            s
+        }
     }
     /// Assumptions about register `reg`.
     pub fn assumptions_on(&self, reg: RegId) -> impl Iterator<Item = &Assumption> {

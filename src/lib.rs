@@ -7,13 +7,16 @@
 //! read back from the emitted files, `model` the one Candle transformer for compiled and trained
 //! models, `solvers` the f64 ground truth, `prompt` the task, `train` and `eval` the trained mode.
 
+pub mod certify;
 pub mod check;
 pub mod eval;
 pub mod front;
 pub mod interp;
 pub mod ir;
+pub mod layout;
 pub mod model;
 pub mod prompt;
+pub mod ranges;
 pub mod solvers;
 pub mod tensors;
 pub mod train;

@@ -38,7 +38,7 @@ impl Prompt {
         let d = self.d();
         let mut tok = vec![0.0; d + 1];
         let k = t / 2;
-        if t % 2 == 0 {
+        if t.is_multiple_of(2) {
             tok[1..].copy_from_slice(&self.xs[k]);
         } else {
             tok[0] = self.ys[k];
@@ -78,7 +78,14 @@ pub struct PromptDistribution {
 
 impl PromptDistribution {
     pub fn new(d: usize, n: usize) -> Self {
-        PromptDistribution { d, n, w_std: 1.0, noise_std: 0.0, x_scale: 1.0, x_shift: 0.0 }
+        PromptDistribution {
+            d,
+            n,
+            w_std: 1.0,
+            noise_std: 0.0,
+            x_scale: 1.0,
+            x_shift: 0.0,
+        }
     }
 
     /// Draw one prompt.
@@ -93,7 +100,9 @@ impl PromptDistribution {
                 .collect();
             let mean: f64 = x.iter().zip(&w).map(|(a, b)| a * b).sum();
             let y = if self.noise_std > 0.0 {
-                Normal::new(mean, self.noise_std).expect("noise_std > 0").sample(rng)
+                Normal::new(mean, self.noise_std)
+                    .expect("noise_std > 0")
+                    .sample(rng)
             } else {
                 mean
             };

@@ -16,7 +16,10 @@ pub struct RawTensor {
 
 impl RawTensor {
     pub fn zeros(shape: &[usize]) -> Self {
-        RawTensor { shape: shape.to_vec(), data: vec![0.0; shape.iter().product()] }
+        RawTensor {
+            shape: shape.to_vec(),
+            data: vec![0.0; shape.iter().product()],
+        }
     }
     /// Flat index of a 2-D position.
     pub fn at2(&self, i: usize, j: usize) -> f64 {
@@ -34,11 +37,18 @@ pub type NamedTensors = BTreeMap<String, RawTensor>;
 #[derive(Debug, thiserror::Error)]
 pub enum TensorFileError {
     #[error("{path}: cannot read: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: not a valid safetensors file: {msg}")]
     Format { path: String, msg: String },
     #[error("{path}: tensor `{name}` has dtype {found}, expected f32 or f64")]
-    DType { path: String, name: String, found: String },
+    DType {
+        path: String,
+        name: String,
+        found: String,
+    },
     #[error("{path}: tensors have mixed dtypes ({a} and {b})")]
     Mixed { path: String, a: String, b: String },
 }
@@ -46,16 +56,25 @@ pub enum TensorFileError {
 /// Read every tensor of a safetensors file, widening to f64. Returns the file's dtype.
 pub fn load(path: &Path) -> Result<(NamedTensors, DType), TensorFileError> {
     let p = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| TensorFileError::Io { path: p.clone(), source: e })?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| TensorFileError::Format { path: p.clone(), msg: e.to_string() })?;
+    let bytes = std::fs::read(path).map_err(|e| TensorFileError::Io {
+        path: p.clone(),
+        source: e,
+    })?;
+    let st =
+        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| TensorFileError::Format {
+            path: p.clone(),
+            msg: e.to_string(),
+        })?;
     let mut out = NamedTensors::new();
     let mut dtype: Option<DType> = None;
     for (name, view) in st.tensors() {
         let (dt, data): (DType, Vec<f64>) = match view.dtype() {
             safetensors::Dtype::F64 => (
                 DType::F64,
-                view.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
+                view.data()
+                    .chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
             ),
             safetensors::Dtype::F32 => (
                 DType::F32,
@@ -65,16 +84,30 @@ pub fn load(path: &Path) -> Result<(NamedTensors, DType), TensorFileError> {
                     .collect(),
             ),
             other => {
-                return Err(TensorFileError::DType { path: p, name, found: format!("{other:?}") })
+                return Err(TensorFileError::DType {
+                    path: p,
+                    name,
+                    found: format!("{other:?}"),
+                })
             }
         };
         if let Some(prev) = dtype {
             if prev != dt {
-                return Err(TensorFileError::Mixed { path: p, a: prev.name().into(), b: dt.name().into() });
+                return Err(TensorFileError::Mixed {
+                    path: p,
+                    a: prev.name().into(),
+                    b: dt.name().into(),
+                });
             }
         }
         dtype = Some(dt);
-        out.insert(name, RawTensor { shape: view.shape().to_vec(), data });
+        out.insert(
+            name,
+            RawTensor {
+                shape: view.shape().to_vec(),
+                data,
+            },
+        );
     }
     Ok((out, dtype.unwrap_or(DType::F64)))
 }
@@ -86,7 +119,11 @@ pub fn to_bytes(tensors: &NamedTensors, dtype: DType) -> Vec<u8> {
         .map(|(name, t)| {
             let bytes = match dtype {
                 DType::F64 => t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                DType::F32 => t.data.iter().flat_map(|v| (*v as f32).to_le_bytes()).collect(),
+                DType::F32 => t
+                    .data
+                    .iter()
+                    .flat_map(|v| (*v as f32).to_le_bytes())
+                    .collect(),
             };
             (name.clone(), bytes, t.shape.clone())
         })
@@ -98,7 +135,11 @@ pub fn to_bytes(tensors: &NamedTensors, dtype: DType) -> Vec<u8> {
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = buffers
         .iter()
         .map(|(n, b, s)| {
-            (n.clone(), safetensors::tensor::TensorView::new(st_dtype, s.clone(), b).expect("shape matches data"))
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(st_dtype, s.clone(), b)
+                    .expect("shape matches data"),
+            )
         })
         .collect();
     safetensors::serialize(views, None).expect("serializing in-memory tensors")
@@ -107,9 +148,15 @@ pub fn to_bytes(tensors: &NamedTensors, dtype: DType) -> Vec<u8> {
 /// Write `bytes` to `path` atomically: a temporary file in the same folder, then a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     {
         let mut f = std::fs::File::create(&tmp)?;

@@ -1,0 +1,104 @@
+//! `layout.json`: where every register lives in the hidden state of a compiled model, and which
+//! operations each layer performs (docs/FORMATS.md). Written by `emit`, read back by `certify`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const LAYOUT_FORMAT: &str = "icl-layout/1";
+
+/// Half-open row range `[start, end)`.
+pub type Rows = [usize; 2];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterPlacement {
+    pub name: String,
+    /// `[rows, cols]` of the register.
+    pub shape: [usize; 2],
+    pub rows: Rows,
+    /// Layer (0-based) of the first write; `None` for inputs (written by the embedding).
+    pub written: Option<usize>,
+    /// Last layer that reads it (`None` if never read).
+    pub last_read: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RowNames {
+    pub row: usize,
+    /// Human-readable occupants, e.g. `A[0,1] (layers 3..=41)`.
+    pub names: Vec<String>,
+}
+
+/// Which part of an operation a layer part carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpPart {
+    /// The whole operation.
+    Whole,
+    /// The attention half of a LayerNorm division: writes the payload rows ±P·den and clears dst.
+    DivPrep,
+    /// The MLP half of a LayerNorm division: dst = g·(LN(h)[num] − LN(h)[zero_row]).
+    DivApply,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacedOp {
+    /// Index into the unrolled program's operations.
+    pub op: usize,
+    pub part: OpPart,
+    /// The statement text, for people.
+    pub text: String,
+    /// `file:line:col`.
+    pub at: String,
+    /// Attention heads used (attention part only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub heads: Vec<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerOps {
+    pub index: usize,
+    pub attn: Vec<PlacedOp>,
+    pub mlp: Vec<PlacedOp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputPlacement {
+    pub register: String,
+    pub row: usize,
+}
+
+/// Constants of a LayerNorm division layer (also derivable from the weights).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DivConstants {
+    pub layer: usize,
+    /// Payload scale P: rows `div_payload` hold +P·den and −P·den.
+    pub payload_scale: f64,
+    /// MLP gain g: dst = g·(LN(h)[num] − LN(h)[zero_row]).
+    pub gain: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Layout {
+    pub format: String,
+    pub width: usize,
+    /// Input rows by built-in name (`y`, `x`, `one`, `is_x`, `is_y`, `count`).
+    pub inputs: BTreeMap<String, Rows>,
+    /// A row that is 0 in every column after every layer.
+    pub zero_row: usize,
+    /// Scratch rows of LayerNorm division, if the program divides.
+    pub div_payload: Option<[usize; 2]>,
+    pub div_constants: Vec<DivConstants>,
+    pub registers: Vec<RegisterPlacement>,
+    /// Every row of the hidden state, in order.
+    pub rows: Vec<RowNames>,
+    pub layers: Vec<LayerOps>,
+    pub output: OutputPlacement,
+    pub encoding: String,
+}
