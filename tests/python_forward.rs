@@ -93,7 +93,7 @@ fn config() -> ModelConfig {
 #[test]
 fn numpy_forward_matches_rust() {
     let Some(py) = python() else {
-        eprintln!("NOTICE: python3 with numpy and safetensors not found; skipping the numpy forward comparison");
+        eprintln!("SKIPPED: python3 with numpy and safetensors not found (the numpy forward comparison did not run)");
         return;
     };
     let c = config();
