@@ -8,11 +8,14 @@
 //! models, `solvers` the f64 ground truth, `prompt` the task, `train` and `eval` the trained mode.
 
 pub mod check;
+pub mod emit;
 pub mod front;
 pub mod interp;
 pub mod ir;
 pub mod layout;
+pub mod lower;
 pub mod model;
+pub mod pipeline;
 pub mod prompt;
 pub mod ranges;
 pub mod solvers;
