@@ -1,1 +1,577 @@
-//! TODO
+//! The reference interpreter: the meaning of a checked program (DESIGN §2, docs/LANGUAGE.md).
+//!
+//! The hidden state of one prompt is held per register, per element, per column: register `r`
+//! element `e` (row-major flat index) at column `t` is `state[r][e][t]`. Columns are the prompt's
+//! tokens x̃_1, ỹ_1, …, x̃_n, ỹ_n, x̃_{n+1} (T = 2n+1, no BOS). Built-in inputs are filled from
+//! the prompt with [`ir::Builtin::value`]; work registers start unwritten (reading one is an
+//! error).
+//!
+//! Every operation except `mov` acts on each column independently:
+//! - `mov dst ← src from P`: `dst[e][t] = mean_{s ∈ P.sources(t)} src[e][s]` (0 when empty);
+//! - `mul dst ← A·B`: per column the matrix product of the operands seen after their
+//!   transposition (`ir::operand_index`);
+//! - `div dst ← num / |den|`: per column, elementwise division by the absolute value of `den`;
+//! - `aff dst ← Σ C_i·src_i + b`: per column, the dense coefficient matrices applied to the
+//!   flattened (transposed) sources, plus the bias.
+//!
+//! All reads of an operation happen before its write, so in-place operations are well defined.
+//! After every write, each assumption on the written register is checked in every column; the
+//! assumptions on inputs are checked on the prompt before the first operation.
+//!
+//! The interpreter is generic over [`Scalar`]: `f64` (fast, used by proptests and validation) and
+//! `BigRational` (exact: each f64 constant and input converts to its exact rational value).
+
+use crate::ir::{self, Bound, OpKind, Program, RegKind};
+use crate::prompt::Prompt;
+use num_bigint::BigInt;
+use num_rational::BigRational;
+use num_traits::{Signed, ToPrimitive, Zero};
+use std::fmt;
+
+/// The arithmetic the interpreter needs.
+pub trait Scalar: Clone + PartialOrd + fmt::Debug {
+    fn zero() -> Self;
+    /// The exact value of a finite double; `None` for NaN or ±∞ (only possible in exact mode).
+    fn from_f64(v: f64) -> Option<Self>;
+    fn from_usize(v: usize) -> Self;
+    fn to_f64(&self) -> f64;
+    fn add(&self, o: &Self) -> Self;
+    fn sub(&self, o: &Self) -> Self;
+    fn mul(&self, o: &Self) -> Self;
+    /// `self / o`; callers guarantee `o != 0`.
+    fn div(&self, o: &Self) -> Self;
+    fn abs(&self) -> Self;
+    fn is_zero(&self) -> bool;
+    fn add_assign(&mut self, o: &Self) {
+        *self = self.add(o);
+    }
+    /// `self += a * b`.
+    fn add_prod(&mut self, a: &Self, b: &Self) {
+        *self = self.add(&a.mul(b));
+    }
+}
+
+impl Scalar for f64 {
+    fn zero() -> Self {
+        0.0
+    }
+    fn from_f64(v: f64) -> Option<Self> {
+        Some(v)
+    }
+    fn from_usize(v: usize) -> Self {
+        v as f64
+    }
+    fn to_f64(&self) -> f64 {
+        *self
+    }
+    #[inline]
+    fn add(&self, o: &Self) -> Self {
+        self + o
+    }
+    #[inline]
+    fn sub(&self, o: &Self) -> Self {
+        self - o
+    }
+    #[inline]
+    fn mul(&self, o: &Self) -> Self {
+        self * o
+    }
+    #[inline]
+    fn div(&self, o: &Self) -> Self {
+        self / o
+    }
+    #[inline]
+    fn abs(&self) -> Self {
+        f64::abs(*self)
+    }
+    #[inline]
+    fn is_zero(&self) -> bool {
+        *self == 0.0
+    }
+    #[inline]
+    fn add_assign(&mut self, o: &Self) {
+        *self += o;
+    }
+    #[inline]
+    fn add_prod(&mut self, a: &Self, b: &Self) {
+        *self += a * b;
+    }
+}
+
+impl Scalar for BigRational {
+    fn zero() -> Self {
+        <BigRational as Zero>::zero()
+    }
+    fn from_f64(v: f64) -> Option<Self> {
+        BigRational::from_float(v)
+    }
+    fn from_usize(v: usize) -> Self {
+        BigRational::from_integer(BigInt::from(v))
+    }
+    fn to_f64(&self) -> f64 {
+        ToPrimitive::to_f64(self).unwrap_or(f64::NAN)
+    }
+    fn add(&self, o: &Self) -> Self {
+        self + o
+    }
+    fn sub(&self, o: &Self) -> Self {
+        self - o
+    }
+    fn mul(&self, o: &Self) -> Self {
+        self * o
+    }
+    fn div(&self, o: &Self) -> Self {
+        self / o
+    }
+    fn abs(&self) -> Self {
+        Signed::abs(self)
+    }
+    fn is_zero(&self) -> bool {
+        Zero::is_zero(self)
+    }
+    fn add_assign(&mut self, o: &Self) {
+        *self += o;
+    }
+    fn add_prod(&mut self, a: &Self, b: &Self) {
+        *self += a * b;
+    }
+}
+
+/// The values of one register: `values[element][column]`.
+pub type RegValues<T> = Vec<Vec<T>>;
+
+/// The hidden state: per register (indexed like [`Program::registers`]), `None` while unwritten,
+/// else per element, per column.
+pub type State<T> = Vec<Option<RegValues<T>>>;
+
+/// The result of running a program on one prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run<T> {
+    /// The output register at every x̃ column: n+1 values (x̃_1 … x̃_{n+1}); `outputs[k-1]` is the
+    /// prediction for x_k from examples 1..k−1.
+    pub outputs: Vec<T>,
+    /// When requested: the state after each operation (`trace[i]` after `program.ops[i]`).
+    pub trace: Option<Vec<State<T>>>,
+}
+
+/// Where a value that broke an assumption was written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WrittenBy {
+    /// The operation's source text, with its loop iteration, e.g. `mov xi <- xp from col(2*i - 1) [i=3]`.
+    pub text: String,
+    /// `file:line:col`.
+    pub location: String,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InterpError {
+    #[error("prompt does not fit the program: expected d = {expected_d}, n = {expected_n}, found d = {found_d}, n = {found_n}")]
+    DimensionMismatch { expected_d: usize, expected_n: usize, found_d: usize, found_n: usize },
+    #[error("malformed prompt: {0}")]
+    MalformedPrompt(String),
+    #[error("malformed program: {0}")]
+    MalformedProgram(String),
+    #[error("{location}: `{op}` reads register `{register}` before it is written")]
+    Unwritten { register: String, op: String, location: String },
+    #[error("{location}: `{op}` divides by zero at column {column} (element {element})")]
+    DivisionByZero { op: String, location: String, column: usize, element: usize },
+    #[error("{location}: `{op}` uses a constant that is not a finite number ({value})")]
+    NonFiniteConstant { op: String, location: String, value: f64 },
+    #[error("{}: assumption `{assumption}` violated by register `{register}` element {element} at column {column}: value {value}, {}",
+        .assumption_location,
+        match .written_by { Some(w) => format!("written by `{}` at {}", w.text, w.location), None => "from the prompt".to_string() })]
+    AssumptionViolated {
+        /// The assumption's source text, e.g. `assume den >= 1`.
+        assumption: String,
+        assumption_location: String,
+        register: String,
+        element: usize,
+        column: usize,
+        /// The offending value (as f64; exact mode shows the nearest double).
+        value: f64,
+        /// The operation that wrote the register; `None` for an input checked on the prompt.
+        written_by: Option<WrittenBy>,
+    },
+}
+
+/// Run a program in f64.
+pub fn run_f64(p: &Program, prompt: &Prompt, trace: bool) -> Result<Run<f64>, InterpError> {
+    run_generic::<f64>(p, prompt, trace)
+}
+
+/// Run a program in exact rational arithmetic.
+pub fn run_exact(
+    p: &Program,
+    prompt: &Prompt,
+    trace: bool,
+) -> Result<Run<BigRational>, InterpError> {
+    run_generic::<BigRational>(p, prompt, trace)
+}
+
+/// Outputs only, for many prompts (f64).
+pub fn run_batch_f64(p: &Program, prompts: &[Prompt]) -> Result<Vec<Vec<f64>>, InterpError> {
+    prompts
+        .iter()
+        .map(|q| run_f64(p, q, false).map(|r| r.outputs))
+        .collect()
+}
+
+fn op_text(op: &ir::Op) -> String {
+    if op.iteration.is_empty() {
+        op.text.clone()
+    } else {
+        let it: Vec<String> = op.iteration.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!("{} [{}]", op.text, it.join(", "))
+    }
+}
+
+/// Checks the prompt's shape against the program's d and n.
+fn check_prompt(p: &Program, prompt: &Prompt) -> Result<(), InterpError> {
+    if prompt.xs.is_empty() {
+        return Err(InterpError::MalformedPrompt("no feature vectors (need n+1)".into()));
+    }
+    let d = prompt.xs[0].len();
+    if let Some(k) = prompt.xs.iter().position(|x| x.len() != d) {
+        return Err(InterpError::MalformedPrompt(format!(
+            "feature vector {} has length {}, the first has {d}",
+            k + 1,
+            prompt.xs[k].len()
+        )));
+    }
+    if prompt.ys.len() != prompt.xs.len() {
+        return Err(InterpError::MalformedPrompt(format!(
+            "{} labels for {} feature vectors (need one label per vector)",
+            prompt.ys.len(),
+            prompt.xs.len()
+        )));
+    }
+    let n = prompt.xs.len() - 1;
+    if d != p.d || n != p.n {
+        return Err(InterpError::DimensionMismatch {
+            expected_d: p.d,
+            expected_n: p.n,
+            found_d: d,
+            found_n: n,
+        });
+    }
+    Ok(())
+}
+
+/// Checks the program's internal consistency so that running it cannot panic (the checker
+/// guarantees all of this for programs from `.icl` text; hand-built programs may not).
+fn check_program(p: &Program) -> Result<(), InterpError> {
+    let nregs = p.registers.len();
+    let bad = |m: String| Err(InterpError::MalformedProgram(m));
+    let reg_ok = |r: usize, what: &str, op: &ir::Op| -> Result<(), InterpError> {
+        if r >= nregs {
+            return Err(InterpError::MalformedProgram(format!(
+                "`{}`: {what} refers to register {r}, but there are {nregs}",
+                op.text
+            )));
+        }
+        Ok(())
+    };
+    for r in &p.registers {
+        if let RegKind::Input(b) = r.kind {
+            if r.shape != b.shape(p.d) {
+                return bad(format!(
+                    "input `{}` has shape {}, expected {}",
+                    r.name,
+                    r.shape,
+                    b.shape(p.d)
+                ));
+            }
+        }
+    }
+    if p.output >= nregs || !p.registers[p.output].shape.is_scalar() {
+        return bad("the output is not a scalar register".into());
+    }
+    for a in &p.assumptions {
+        if a.reg >= nregs {
+            return bad(format!("assumption `{}` names register {}", a.text, a.reg));
+        }
+    }
+    let columns = p.columns();
+    for op in &p.ops {
+        let dst = op.kind.dst();
+        reg_ok(dst, "the destination", op)?;
+        if matches!(p.registers[dst].kind, RegKind::Input(_)) {
+            return bad(format!("`{}` writes the input `{}`", op.text, p.registers[dst].name));
+        }
+        for r in op.kind.reads() {
+            reg_ok(r, "an operand", op)?;
+        }
+        let dshape = p.registers[dst].shape;
+        match &op.kind {
+            OpKind::Mov { src, pattern, .. } => {
+                if p.registers[*src].shape != dshape {
+                    return bad(format!("`{}`: mov between different shapes", op.text));
+                }
+                if let ir::Pattern::Col(c) = pattern {
+                    if *c >= columns {
+                        return bad(format!(
+                            "`{}`: column {c} is past the last column {}",
+                            op.text,
+                            columns - 1
+                        ));
+                    }
+                }
+            }
+            OpKind::Mul { a, b, .. } => {
+                let (sa, sb) = (p.operand_shape(*a), p.operand_shape(*b));
+                if sa.cols != sb.rows || dshape != ir::Shape::mat(sa.rows, sb.cols) {
+                    return bad(format!(
+                        "`{}`: {} · {} does not give the destination's {}",
+                        op.text, sa, sb, dshape
+                    ));
+                }
+            }
+            OpKind::Div { num, den, .. } => {
+                if p.registers[*num].shape != dshape || !p.registers[*den].shape.is_scalar() {
+                    return bad(format!("`{}`: div shapes do not match", op.text));
+                }
+            }
+            OpKind::Aff { terms, bias, .. } => {
+                if bias.len() != dshape.size() {
+                    return bad(format!(
+                        "`{}`: bias has {} entries, destination {}",
+                        op.text,
+                        bias.len(),
+                        dshape.size()
+                    ));
+                }
+                for t in terms {
+                    let n = p.registers[t.src.reg].shape.size();
+                    if t.coef.len() != dshape.size() * n {
+                        return bad(format!(
+                            "`{}`: a coefficient has {} entries, expected {}×{}",
+                            op.text,
+                            t.coef.len(),
+                            dshape.size(),
+                            n
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn convert<T: Scalar>(v: f64, p: &Program, op: &ir::Op) -> Result<T, InterpError> {
+    T::from_f64(v).ok_or_else(|| InterpError::NonFiniteConstant {
+        op: op_text(op),
+        location: p.location(op.span),
+        value: v,
+    })
+}
+
+/// Checks every assumption on `reg` over all its elements and columns.
+fn check_assumptions<T: Scalar>(
+    p: &Program,
+    reg: usize,
+    vals: &RegValues<T>,
+    written_by: Option<&ir::Op>,
+) -> Result<(), InterpError> {
+    for a in p.assumptions_on(reg) {
+        for (e, col) in vals.iter().enumerate() {
+            for (t, v) in col.iter().enumerate() {
+                if !holds(&a.bound, v) {
+                    return Err(InterpError::AssumptionViolated {
+                        assumption: a.text.clone(),
+                        assumption_location: p.location(a.span),
+                        register: p.registers[reg].name.clone(),
+                        element: e,
+                        column: t,
+                        value: v.to_f64(),
+                        written_by: written_by.map(|op| WrittenBy {
+                            text: op_text(op),
+                            location: p.location(op.span),
+                        }),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `bound` holds for `v`, compared exactly (the bound's f64 ends are exact rationals; infinite
+/// ends impose nothing). For f64, NaN never satisfies a bound.
+fn holds<T: Scalar>(bound: &Bound, v: &T) -> bool {
+    let ge = |lo: f64, x: &T| -> bool {
+        if lo == f64::NEG_INFINITY {
+            // Every value (except an f64 NaN) is ≥ −∞.
+            return x.partial_cmp(x).is_some();
+        }
+        match T::from_f64(lo) {
+            Some(l) => x >= &l,
+            None => false,
+        }
+    };
+    let le = |hi: f64, x: &T| -> bool {
+        if hi == f64::INFINITY {
+            return x.partial_cmp(x).is_some();
+        }
+        match T::from_f64(hi) {
+            Some(h) => x <= &h,
+            None => false,
+        }
+    };
+    match *bound {
+        Bound::Range { lo, hi } => ge(lo, v) && le(hi, v),
+        Bound::AbsAtLeast { lo } => ge(lo, &v.abs()),
+    }
+}
+
+fn run_generic<T: Scalar>(
+    p: &Program,
+    prompt: &Prompt,
+    trace: bool,
+) -> Result<Run<T>, InterpError> {
+    check_program(p)?;
+    check_prompt(p, prompt)?;
+    let columns = p.columns();
+    let tokens = prompt.tokens();
+    let mut state: State<T> = vec![None; p.registers.len()];
+
+    // Inputs from the prompt (exact conversion of each double).
+    for (id, r) in p.registers.iter().enumerate() {
+        if let RegKind::Input(b) = r.kind {
+            let mut vals = Vec::with_capacity(r.shape.size());
+            for e in 0..r.shape.size() {
+                let mut col = Vec::with_capacity(columns);
+                for (t, tok) in tokens.iter().enumerate() {
+                    let v = b.value(t, tok, e);
+                    col.push(T::from_f64(v).ok_or_else(|| {
+                        InterpError::MalformedPrompt(format!(
+                            "input `{}` element {e} at column {t} is not finite ({v})",
+                            r.name
+                        ))
+                    })?);
+                }
+                vals.push(col);
+            }
+            check_assumptions(p, id, &vals, None)?;
+            state[id] = Some(vals);
+        }
+    }
+
+    let mut tr = if trace { Some(Vec::with_capacity(p.ops.len())) } else { None };
+    for op in &p.ops {
+        let dst = op.kind.dst();
+        let read = |r: usize| -> Result<&RegValues<T>, InterpError> {
+            state[r].as_ref().ok_or_else(|| InterpError::Unwritten {
+                register: p.registers[r].name.clone(),
+                op: op_text(op),
+                location: p.location(op.span),
+            })
+        };
+        let dsize = p.registers[dst].shape.size();
+        let new: RegValues<T> = match &op.kind {
+            OpKind::Mov { src, pattern, .. } => {
+                let s = read(*src)?;
+                // Source columns of each column, computed once; mean = exact average.
+                let sources: Vec<Vec<usize>> = (0..columns).map(|t| pattern.sources(t)).collect();
+                s.iter()
+                    .map(|col| {
+                        sources
+                            .iter()
+                            .map(|srcs| match srcs.len() {
+                                0 => T::zero(),
+                                1 => col[srcs[0]].clone(),
+                                len => {
+                                    let mut acc = T::zero();
+                                    for &c in srcs {
+                                        acc.add_assign(&col[c]);
+                                    }
+                                    acc.div(&T::from_usize(len))
+                                }
+                            })
+                            .collect()
+                    })
+                    .collect()
+            }
+            OpKind::Mul { a, b, .. } => {
+                let (va, vb) = (read(a.reg)?, read(b.reg)?);
+                let (sa, sb) = (p.operand_shape(*a), p.operand_shape(*b));
+                let (ra, rb) = (p.registers[a.reg].shape, p.registers[b.reg].shape);
+                // dst(i, j) = Σ_k A(i, k) · B(k, j), column by column.
+                let mut out = vec![vec![T::zero(); columns]; dsize];
+                for i in 0..sa.rows {
+                    for j in 0..sb.cols {
+                        let o = &mut out[i * sb.cols + j];
+                        for k in 0..sa.cols {
+                            let ca = &va[ir::operand_index(ra, a.transposed, i, k)];
+                            let cb = &vb[ir::operand_index(rb, b.transposed, k, j)];
+                            for t in 0..columns {
+                                o[t].add_prod(&ca[t], &cb[t]);
+                            }
+                        }
+                    }
+                }
+                out
+            }
+            OpKind::Div { num, den, .. } => {
+                let (vn, vd) = (read(*num)?, read(*den)?);
+                let dabs: Vec<T> = vd[0].iter().map(|v| v.abs()).collect();
+                if let Some(t) = dabs.iter().position(|v| v.is_zero()) {
+                    return Err(InterpError::DivisionByZero {
+                        op: op_text(op),
+                        location: p.location(op.span),
+                        column: t,
+                        element: 0,
+                    });
+                }
+                vn.iter()
+                    .map(|col| col.iter().zip(&dabs).map(|(x, d)| x.div(d)).collect())
+                    .collect()
+            }
+            OpKind::Aff { terms, bias, .. } => {
+                // dst_i = Σ_terms Σ_j C[i, j] · src'_j + b_i, src' the flattened (transposed)
+                // source; zero coefficients contribute exactly 0 and are skipped.
+                let mut out: RegValues<T> = Vec::with_capacity(dsize);
+                for &bi in bias {
+                    out.push(vec![convert::<T>(bi, p, op)?; columns]);
+                }
+                for term in terms {
+                    let vs = read(term.src.reg)?;
+                    let rs = p.registers[term.src.reg].shape;
+                    let seen = p.operand_shape(term.src);
+                    let n = rs.size();
+                    for (i, o) in out.iter_mut().enumerate() {
+                        for j in 0..n {
+                            let c = term.coef[i * n + j];
+                            if c == 0.0 {
+                                continue;
+                            }
+                            let c = convert::<T>(c, p, op)?;
+                            let (si, sj) = (j / seen.cols, j % seen.cols);
+                            let col = &vs[ir::operand_index(rs, term.src.transposed, si, sj)];
+                            for t in 0..columns {
+                                o[t].add_prod(&c, &col[t]);
+                            }
+                        }
+                    }
+                }
+                out
+            }
+        };
+        check_assumptions(p, dst, &new, Some(op))?;
+        state[dst] = Some(new);
+        if let Some(tr) = tr.as_mut() {
+            tr.push(state.clone());
+        }
+    }
+
+    let out = state[p.output].as_ref().ok_or_else(|| InterpError::Unwritten {
+        register: p.registers[p.output].name.clone(),
+        op: "output".into(),
+        // The output register's declaration is the best location there is for `output`.
+        location: p.location(p.registers[p.output].span),
+    })?;
+    let outputs = (1..=p.n + 1)
+        .map(|k| out[0][crate::prompt::x_column(k)].clone())
+        .collect();
+    Ok(Run { outputs, trace: tr })
+}
