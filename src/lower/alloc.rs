@@ -10,9 +10,10 @@
 //! its last read (a new occupant may be written in that very stage: the read sees the old value
 //! and every write is an overwrite of what the rows hold), or one past its last write when it is
 //! never read; the output's last live range lasts to the end (the read-out). Two live ranges may
-//! share a row only if their intervals are disjoint. Pinned registers take their pinned rows;
-//! the others are placed first-fit in order of first write, preferring the rows the register's
-//! previous live range had (a register then mostly stays put, which keeps the layout readable).
+//! share a row only if their intervals are disjoint. All live ranges of one register share its
+//! rows (layout.json places each register once); the rows are free for other registers between
+//! them. Pinned registers take their pinned rows; the others are placed first-fit in order of
+//! first write (the lowest rows where every live range of the register fits).
 //!
 //! After the registers come the two div payload rows (if the program divides) and the zero row
 //! (never written).
@@ -240,29 +241,33 @@ pub fn allocate(p: &Program, sched: &Schedule) -> Result<Allocation, LowerError>
             web.row = row;
         }
     }
-    // --- free webs: first fit in order of first write ---
-    let mut order: Vec<usize> = (0..webs.len())
-        .filter(|&w| p.reg(webs[w].reg).pinned.is_none())
+    // --- free registers: first fit in order of first write; all live ranges of a register share
+    // its rows (one placement per register in layout.json), other registers may use the gaps ---
+    let mut by_reg: Vec<Vec<usize>> = vec![Vec::new(); p.registers.len()];
+    for (w, web) in webs.iter().enumerate() {
+        if p.reg(web.reg).pinned.is_none() {
+            by_reg[web.reg].push(w);
+        }
+    }
+    let mut order: Vec<usize> = (0..p.registers.len())
+        .filter(|&r| !by_reg[r].is_empty())
         .collect();
-    order.sort_by_key(|&w| (webs[w].start, webs[w].def_op));
-    let mut prev_row: Vec<Option<usize>> = vec![None; p.registers.len()];
+    order.sort_by_key(|&r| (webs[by_reg[r][0]].start, r));
     let base = d + 1;
-    for w in order {
-        let (reg, iv) = (webs[w].reg, (webs[w].start, webs[w].end));
+    for reg in order {
         let size = p.reg(reg).shape.size();
-        let row = match prev_row[reg] {
-            Some(r) if occ.free(r, size, iv) => r,
-            _ => {
-                let mut r = base;
-                while !occ.free(r, size, iv) {
-                    r += 1;
-                }
-                r
-            }
-        };
-        occ.take(row, size, iv);
-        webs[w].row = row;
-        prev_row[reg] = Some(row);
+        let ivs: Vec<(usize, usize)> = by_reg[reg]
+            .iter()
+            .map(|&w| (webs[w].start, webs[w].end))
+            .collect();
+        let mut r = base;
+        while !ivs.iter().all(|&iv| occ.free(r, size, iv)) {
+            r += 1;
+        }
+        for (&w, &iv) in by_reg[reg].iter().zip(&ivs) {
+            occ.take(r, size, iv);
+            webs[w].row = r;
+        }
     }
     let mut top = occ.rows.len().max(next_fixed);
     let payload = if p.ops.iter().any(|o| matches!(o.kind, crate::ir::OpKind::Div { .. })) {

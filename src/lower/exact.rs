@@ -49,7 +49,7 @@
 use super::alloc::{allocate, Allocation};
 use super::schedule::{schedule, Schedule};
 use super::LowerError;
-use crate::ir::{operand_index, Builtin, OpKind, Pattern, Program, RegKind, Shape};
+use crate::ir::{operand_index, Builtin, OpKind, Pattern, Program, RegId, RegKind, Shape};
 use crate::layout::{
     DivConstants, LayerOps, Layout, OpPart, OutputPlacement, PlacedOp, RegisterPlacement, RowNames,
     LAYOUT_FORMAT,
@@ -721,6 +721,9 @@ fn build_layout(
     }
     let last_layer = nblocks.saturating_sub(1);
     let final_out_web = alloc.webs.iter().rposition(|w| w.reg == p.output);
+    // Per row: (first layer, last layer, register) of every live range, merged below.
+    let mut spans: Vec<Vec<(usize, usize, RegId, usize)>> = vec![Vec::new(); alloc.width];
+    let mut placements: BTreeMap<RegId, RegisterPlacement> = BTreeMap::new();
     for (wi, w) in alloc.webs.iter().enumerate() {
         let r = p.reg(w.reg);
         let size = r.shape.size();
@@ -729,20 +732,37 @@ fn build_layout(
         } else {
             w.last_read_block
         };
-        registers.push(RegisterPlacement {
+        let pl = placements.entry(w.reg).or_insert_with(|| RegisterPlacement {
             name: r.name.clone(),
             shape: [r.shape.rows, r.shape.cols],
             rows: [w.row, w.row + size],
             written: Some(w.written_block),
-            last_read,
+            last_read: None,
         });
+        pl.last_read = pl.last_read.max(last_read);
         let until = last_read.unwrap_or(w.written_block);
         for e in 0..size {
-            names[w.row + e].push(format!(
-                "{} (layers {}..={})",
-                elem_name(&r.name, r.shape, e),
-                w.written_block,
-                until
+            spans[w.row + e].push((w.written_block, until, w.reg, e));
+        }
+    }
+    // Registers in order of first write.
+    let mut placed: Vec<RegisterPlacement> = placements.into_values().collect();
+    placed.sort_by_key(|pl| (pl.written, pl.rows[0]));
+    registers.extend(placed);
+    for (row, sp) in spans.iter_mut().enumerate() {
+        sp.sort();
+        let mut merged: Vec<(usize, usize, RegId, usize)> = Vec::new();
+        for &s in sp.iter() {
+            match merged.last_mut() {
+                Some(m) if m.2 == s.2 && m.3 == s.3 => m.1 = m.1.max(s.1),
+                _ => merged.push(s),
+            }
+        }
+        for (a, b, reg, e) in merged {
+            let r = p.reg(reg);
+            names[row].push(format!(
+                "{} (layers {a}..={b})",
+                elem_name(&r.name, r.shape, e)
             ));
         }
     }
