@@ -55,9 +55,10 @@ pub struct Allocation {
 }
 
 impl Allocation {
-    /// First row of register `reg` as read by op `k` (operand `i` of `reads()`).
+    /// First row of the register op `k` reads as its operand `i`, in the order of
+    /// [`schedule::reads`] (for a div: den first, then num).
     pub fn read_row(&self, p: &Program, k: usize, i: usize) -> usize {
-        let reg = p.ops[k].kind.reads()[i];
+        let reg = schedule::reads(&p.ops[k].kind)[i].0;
         match self.read_webs[k][i] {
             Some(w) => self.webs[w].row,
             None => self.input_row(reg),
