@@ -9,6 +9,7 @@
 
 pub mod check;
 pub mod emit;
+pub mod eval;
 pub mod front;
 pub mod interp;
 pub mod ir;
@@ -20,3 +21,4 @@ pub mod prompt;
 pub mod ranges;
 pub mod solvers;
 pub mod tensors;
+pub mod train;

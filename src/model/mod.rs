@@ -1,2 +1,583 @@
 //! The one Candle transformer used by compiled and trained models (docs/FORMATS.md).
+//!
+//! A [`Transformer`] is a [`ModelConfig`] plus one Candle tensor per entry of
+//! [`expected_tensors`]. It is built from a model directory ([`Transformer::load`]), from named
+//! f64 tensors ([`Transformer::from_named`]), and — for training — with every parameter a
+//! `candle_nn` variable registered in a [`VarMap`], so the trained and compiled models share the
+//! forward pass below line for line.
+
 pub mod config;
+
+use crate::prompt::Prompt;
+use crate::tensors::{self, NamedTensors, RawTensor};
+use candle_core::{DType as CDType, Device, Tensor, D};
+use candle_nn::VarMap;
+use config::{Activation, AttnConfig, DType, MlpKind, ModelConfig, MomentumConfig, MODEL_FORMAT};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Everything that can go wrong loading or running a model. Messages name the file, the tensor,
+/// what was expected and what was found.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{path}: missing file ({source})")]
+    MissingFile { path: String, source: std::io::Error },
+    #[error("{path}: invalid config: {msg}")]
+    Config { path: String, msg: String },
+    #[error("{path}: {source}")]
+    TensorFile { path: String, source: tensors::TensorFileError },
+    #[error("{path}: missing tensor `{name}` (expected shape {expected:?})")]
+    MissingTensor { path: String, name: String, expected: Vec<usize> },
+    #[error("{path}: unexpected tensor `{name}` (shape {found:?}): the config does not use it")]
+    ExtraTensor { path: String, name: String, found: Vec<usize> },
+    #[error("{path}: tensor `{name}` has shape {found:?}, expected {expected:?} from the config")]
+    Shape { path: String, name: String, expected: Vec<usize>, found: Vec<usize> },
+    #[error("{path}: tensors have dtype {found}, but config.json says dtype {expected}")]
+    DType { path: String, expected: String, found: String },
+    #[error("input: {0}")]
+    Input(String),
+    #[error("device: {0}")]
+    Device(String),
+    #[error("io: {0}")]
+    Io(String),
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, ModelError>;
+
+/// Candle dtype of a config dtype.
+pub fn candle_dtype(d: DType) -> CDType {
+    match d {
+        DType::F32 => CDType::F32,
+        DType::F64 => CDType::F64,
+    }
+}
+
+/// `cpu` or `cuda` (`cuda:N`). Asking for CUDA in a build without the `cuda` feature is an error.
+pub fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal: usize = match s.strip_prefix("cuda:") {
+                Some(n) => n.parse().map_err(|_| ModelError::Device(format!("bad CUDA ordinal in `{s}`")))?,
+                None => 0,
+            };
+            if cfg!(feature = "cuda") {
+                Device::new_cuda(ordinal).map_err(|e| ModelError::Device(format!("cannot open CUDA device {ordinal}: {e}")))
+            } else {
+                Err(ModelError::Device(
+                    "this binary was built without CUDA support; rebuild with `--features cuda` or use `--device cpu`".into(),
+                ))
+            }
+        }
+        other => Err(ModelError::Device(format!("unknown device `{other}` (expected cpu or cuda)"))),
+    }
+}
+
+/// Checks on a config beyond its JSON shape: the values the forward pass relies on.
+pub fn validate_config(c: &ModelConfig) -> std::result::Result<(), String> {
+    if c.format != MODEL_FORMAT {
+        return Err(format!("field `format`: expected \"{MODEL_FORMAT}\", found \"{}\"", c.format));
+    }
+    if c.d == 0 {
+        return Err("field `d`: must be at least 1".into());
+    }
+    if c.width == 0 {
+        return Err("field `width`: must be at least 1".into());
+    }
+    if c.max_len == 0 {
+        return Err("field `max_len`: must be at least 1".into());
+    }
+    if let Some(r) = c.readout_row {
+        if r >= c.width {
+            return Err(format!("field `readout_row`: {r} is not a row of a width-{} hidden state", c.width));
+        }
+    }
+    let norm_ok = |eps: f64, what: String| {
+        if eps.is_finite() && eps >= 0.0 {
+            Ok(())
+        } else {
+            Err(format!("{what}.eps: must be finite and >= 0, found {eps}"))
+        }
+    };
+    if let Some(n) = c.final_norm {
+        norm_ok(n.eps, "field `final_norm`".into())?;
+    }
+    for (l, layer) in c.layers.iter().enumerate() {
+        if let Some(n) = layer.attn_norm {
+            norm_ok(n.eps, format!("layers[{l}].attn_norm"))?;
+        }
+        if let Some(n) = layer.norm {
+            norm_ok(n.eps, format!("layers[{l}].norm"))?;
+        }
+        if let Some(a) = &layer.attn {
+            if a.heads == 0 || a.head_dim == 0 {
+                return Err(format!("layers[{l}].attn: heads and head_dim must be at least 1"));
+            }
+            match a.momentum {
+                Some(MomentumConfig::Fixed { eta }) if !(eta.is_finite() && (0.0..1.0).contains(&eta)) => {
+                    return Err(format!("layers[{l}].attn.momentum.eta: must be in [0, 1), found {eta}"));
+                }
+                Some(MomentumConfig::Learned { learned: false }) => {
+                    return Err(format!(
+                        "layers[{l}].attn.momentum: {{\"learned\": false}} is ambiguous; use null for no momentum"
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if let Some(m) = &layer.mlp {
+            if m.hidden == 0 {
+                return Err(format!("layers[{l}].mlp.hidden: must be at least 1"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every tensor a config requires, with its shape (docs/FORMATS.md, table "model.safetensors").
+pub fn expected_tensors(c: &ModelConfig) -> BTreeMap<String, Vec<usize>> {
+    let w = c.width;
+    let mut m = BTreeMap::new();
+    let mut put = |name: String, shape: Vec<usize>| {
+        m.insert(name, shape);
+    };
+    put("embed.weight".into(), vec![w, c.d + 1]);
+    put("embed.bias".into(), vec![w]);
+    put("pos.weight".into(), vec![c.max_len, w]);
+    for (l, layer) in c.layers.iter().enumerate() {
+        let p = format!("layers.{l}");
+        if layer.attn_norm.is_some() {
+            put(format!("{p}.attn_norm.weight"), vec![w]);
+            put(format!("{p}.attn_norm.bias"), vec![w]);
+        }
+        if let Some(a) = &layer.attn {
+            let inner = a.inner();
+            if a.qk {
+                for q in ["q", "k"] {
+                    put(format!("{p}.attn.{q}.weight"), vec![inner, w]);
+                    put(format!("{p}.attn.{q}.bias"), vec![inner]);
+                }
+            }
+            put(format!("{p}.attn.v.weight"), vec![inner, w]);
+            put(format!("{p}.attn.v.bias"), vec![inner]);
+            put(format!("{p}.attn.o.weight"), vec![w, inner]);
+            put(format!("{p}.attn.o.bias"), vec![w]);
+            if a.bias {
+                put(format!("{p}.attn.bias"), vec![a.heads, c.max_len, c.max_len + 1]);
+            }
+            if let Some(MomentumConfig::Learned { .. }) = a.momentum {
+                put(format!("{p}.attn.momentum_logit"), vec![a.heads]);
+            }
+        }
+        if layer.norm.is_some() {
+            put(format!("{p}.norm.weight"), vec![w]);
+            put(format!("{p}.norm.bias"), vec![w]);
+        }
+        if let Some(mlp) = &layer.mlp {
+            if mlp.kind == MlpKind::Bilinear {
+                put(format!("{p}.mlp.gate.weight"), vec![mlp.hidden, w]);
+                put(format!("{p}.mlp.gate.bias"), vec![mlp.hidden]);
+            }
+            put(format!("{p}.mlp.up.weight"), vec![mlp.hidden, w]);
+            put(format!("{p}.mlp.up.bias"), vec![mlp.hidden]);
+            put(format!("{p}.mlp.down.weight"), vec![w, mlp.hidden]);
+            put(format!("{p}.mlp.down.bias"), vec![w]);
+        }
+    }
+    if c.final_norm.is_some() {
+        put("final_norm.weight".into(), vec![w]);
+        put("final_norm.bias".into(), vec![w]);
+    }
+    put("readout.weight".into(), vec![1, w]);
+    put("readout.bias".into(), vec![1]);
+    m
+}
+
+/// Check named tensors against a config: every expected tensor present with its shape, nothing
+/// else. `path` names the file in messages.
+pub fn check_tensors(c: &ModelConfig, t: &NamedTensors, path: &str) -> Result<()> {
+    let expected = expected_tensors(c);
+    for (name, shape) in &expected {
+        match t.get(name) {
+            None => {
+                return Err(ModelError::MissingTensor { path: path.into(), name: name.clone(), expected: shape.clone() })
+            }
+            Some(found) if &found.shape != shape => {
+                return Err(ModelError::Shape {
+                    path: path.into(),
+                    name: name.clone(),
+                    expected: shape.clone(),
+                    found: found.shape.clone(),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some((name, found)) = t.iter().find(|(n, _)| !expected.contains_key(*n)) {
+        return Err(ModelError::ExtraTensor { path: path.into(), name: name.clone(), found: found.shape.clone() });
+    }
+    Ok(())
+}
+
+/// Read and validate `config.json`.
+pub fn load_config(path: &Path) -> Result<ModelConfig> {
+    let p = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ModelError::MissingFile { path: p.clone(), source: e })?;
+    let cfg: ModelConfig =
+        serde_json::from_str(&text).map_err(|e| ModelError::Config { path: p.clone(), msg: e.to_string() })?;
+    validate_config(&cfg).map_err(|msg| ModelError::Config { path: p, msg })?;
+    Ok(cfg)
+}
+
+/// The Candle transformer of docs/FORMATS.md.
+pub struct Transformer {
+    pub config: ModelConfig,
+    device: Device,
+    dtype: CDType,
+    params: BTreeMap<String, Tensor>,
+    varmap: Option<VarMap>,
+    /// Causal masks by prompt length (0 on and below the diagonal, −inf above), built lazily.
+    masks: std::sync::Mutex<BTreeMap<usize, Tensor>>,
+}
+
+impl std::fmt::Debug for Transformer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transformer").field("config", &self.config).field("dtype", &self.dtype).finish()
+    }
+}
+
+impl Transformer {
+    /// Load `dir/config.json` + `dir/model.safetensors`. `run_dtype` picks the runtime dtype
+    /// (default: the file's); f64 weights may run in f32 and vice versa.
+    pub fn load(dir: &Path, device: &Device, run_dtype: Option<DType>) -> Result<Self> {
+        let cfg = load_config(&dir.join("config.json"))?;
+        let wpath = dir.join("model.safetensors");
+        let wp = wpath.display().to_string();
+        if !wpath.exists() {
+            return Err(ModelError::MissingFile {
+                path: wp,
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            });
+        }
+        let (named, file_dtype) =
+            tensors::load(&wpath).map_err(|e| ModelError::TensorFile { path: wp.clone(), source: e })?;
+        if !named.is_empty() && file_dtype != cfg.dtype {
+            return Err(ModelError::DType { path: wp, expected: cfg.dtype.name().into(), found: file_dtype.name().into() });
+        }
+        check_tensors(&cfg, &named, &wp)?;
+        let run = run_dtype.unwrap_or(cfg.dtype);
+        Self::from_named(cfg, &named, device, run, false)
+    }
+
+    /// Build from named f64 tensors (checked against the config). With `trainable`, every
+    /// parameter is a `candle_nn` variable registered in [`Transformer::varmap`].
+    pub fn from_named(
+        config: ModelConfig,
+        named: &NamedTensors,
+        device: &Device,
+        run_dtype: DType,
+        trainable: bool,
+    ) -> Result<Self> {
+        validate_config(&config).map_err(|msg| ModelError::Config { path: "<config>".into(), msg })?;
+        check_tensors(&config, named, "<tensors>")?;
+        let dtype = candle_dtype(run_dtype);
+        let varmap = trainable.then(VarMap::new);
+        let mut params = BTreeMap::new();
+        for (name, raw) in named {
+            let t = Tensor::from_vec(raw.data.clone(), raw.shape.as_slice(), device)?.to_dtype(dtype)?;
+            let t = match &varmap {
+                Some(vm) => {
+                    let var = candle_core::Var::from_tensor(&t)?;
+                    let t = var.as_tensor().clone();
+                    vm.data().lock().expect("varmap lock").insert(name.clone(), var);
+                    t
+                }
+                None => t,
+            };
+            params.insert(name.clone(), t);
+        }
+        Ok(Transformer { config, device: device.clone(), dtype, params, varmap, masks: Default::default() })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    pub fn dtype(&self) -> CDType {
+        self.dtype
+    }
+    /// The variables (trainable models only).
+    pub fn varmap(&self) -> Option<&VarMap> {
+        self.varmap.as_ref()
+    }
+    /// Parameters by name (for trainable models these are the variables' tensors).
+    pub fn params(&self) -> &BTreeMap<String, Tensor> {
+        &self.params
+    }
+
+    fn p(&self, name: &str) -> Result<&Tensor> {
+        self.params.get(name).ok_or_else(|| ModelError::Input(format!("internal: parameter `{name}` missing")))
+    }
+
+    /// All parameters as f64 tensors (exact for f32 and f64).
+    pub fn to_named(&self) -> Result<NamedTensors> {
+        let mut out = NamedTensors::new();
+        for (name, t) in &self.params {
+            let data = t.to_dtype(CDType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+            out.insert(name.clone(), RawTensor { shape: t.dims().to_vec(), data });
+        }
+        Ok(out)
+    }
+
+    /// Write `config.json` and `model.safetensors` (in the config's dtype) to `dir`, atomically.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        save_model_dir(dir, &self.config, &self.to_named()?)
+    }
+
+    /// `x·Wᵀ + b` over the last dim of `x` (`W` is [out, in] as stored).
+    fn linear(&self, x: &Tensor, prefix: &str) -> Result<Tensor> {
+        let w = self.p(&format!("{prefix}.weight"))?;
+        let b = self.p(&format!("{prefix}.bias"))?;
+        // Fold the leading dims into one: [.., in] → [N, in] · [in, out] → [.., out].
+        let dims = x.dims().to_vec();
+        let (lead, inp) = dims.split_at(dims.len() - 1);
+        let n: usize = lead.iter().product();
+        let y = x.reshape((n, inp[0]))?.matmul(&w.t()?)?;
+        let mut out_shape = lead.to_vec();
+        out_shape.push(w.dims()[0]);
+        Ok(y.reshape(out_shape)?.broadcast_add(b)?)
+    }
+
+    /// LayerNorm over the last dim: `(h − mean) / sqrt(var + eps) ⊙ weight + bias`, var biased.
+    fn layer_norm(&self, h: &Tensor, prefix: &str, eps: f64) -> Result<Tensor> {
+        let mean = h.mean_keepdim(D::Minus1)?;
+        let c = h.broadcast_sub(&mean)?;
+        let var = c.sqr()?.mean_keepdim(D::Minus1)?;
+        let denom = var.affine(1.0, eps)?.sqrt()?;
+        let x = c.broadcast_div(&denom)?;
+        Ok(x.broadcast_mul(self.p(&format!("{prefix}.weight"))?)?.broadcast_add(self.p(&format!("{prefix}.bias"))?)?)
+    }
+
+    fn causal_mask(&self, t: usize) -> Result<Tensor> {
+        let mut masks = self.masks.lock().expect("mask lock");
+        if let Some(m) = masks.get(&t) {
+            return Ok(m.clone());
+        }
+        let data: Vec<f64> =
+            (0..t).flat_map(|q| (0..t).map(move |k| if k <= q { 0.0 } else { f64::NEG_INFINITY })).collect();
+        let m = Tensor::from_vec(data, (t, t), &self.device)?.to_dtype(self.dtype)?;
+        masks.insert(t, m.clone());
+        Ok(m)
+    }
+
+    /// Momentum matrix [heads, T, T] with entry η_h^{t−s} for s < t, else 0 (reference/dai.md §3).
+    fn momentum_matrix(&self, a: &AttnConfig, prefix: &str, t: usize) -> Result<Option<Tensor>> {
+        let lag: Vec<f64> = (0..t).flat_map(|q| (0..t).map(move |k| if k < q { (q - k) as f64 } else { 0.0 })).collect();
+        let strict: Vec<f64> = (0..t).flat_map(|q| (0..t).map(move |k| if k < q { 1.0 } else { 0.0 })).collect();
+        match a.momentum {
+            None => Ok(None),
+            Some(MomentumConfig::Fixed { eta }) => {
+                // Computed on the host in f64: η^{lag} for lag ≥ 1 (0^k = 0 for η = 0).
+                let data: Vec<f64> = lag.iter().zip(&strict).map(|(l, s)| s * eta.powf(*l)).collect();
+                let m = Tensor::from_vec(data, (1, t, t), &self.device)?.to_dtype(self.dtype)?;
+                Ok(Some(m.broadcast_as((a.heads, t, t))?.contiguous()?))
+            }
+            Some(MomentumConfig::Learned { .. }) => {
+                // η_h^{lag} = exp(lag · log sigmoid(logit_h)), masked to s < t; differentiable.
+                let logit = self.p(&format!("{prefix}.momentum_logit"))?;
+                let log_eta = candle_nn::ops::sigmoid(logit)?.log()?.reshape((a.heads, 1, 1))?;
+                let lag = Tensor::from_vec(lag, (1, t, t), &self.device)?.to_dtype(self.dtype)?;
+                let strict = Tensor::from_vec(strict, (1, t, t), &self.device)?.to_dtype(self.dtype)?;
+                Ok(Some(lag.broadcast_mul(&log_eta)?.exp()?.broadcast_mul(&strict)?))
+            }
+        }
+    }
+
+    /// Attention sub-layer on `a` [B, T, width] (docs/FORMATS.md "Attention").
+    fn attention(&self, a: &Tensor, cfg: &AttnConfig, prefix: &str) -> Result<Tensor> {
+        let (b, t, _) = a.dims3()?;
+        let (nh, hd) = (cfg.heads, cfg.head_dim);
+        let split = |x: Tensor| -> Result<Tensor> { Ok(x.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?) };
+        let v = split(self.linear(a, &format!("{prefix}.v"))?)?; // [B, H, T, hd]
+        let mut scores = if cfg.qk {
+            let q = split(self.linear(a, &format!("{prefix}.q"))?)?;
+            let k = split(self.linear(a, &format!("{prefix}.k"))?)?;
+            (q.matmul(&k.t()?.contiguous()?)? / (hd as f64).sqrt())?
+        } else {
+            Tensor::zeros((b, nh, t, t), self.dtype, &self.device)?
+        };
+        // Null key: score = bias[h, t, max_len] (or 0); value 0, so it only adds to the softmax
+        // denominator.
+        let mut null = Tensor::zeros((b, nh, t, 1), self.dtype, &self.device)?;
+        if cfg.bias {
+            let bias = self.p(&format!("{prefix}.bias"))?; // [H, max_len, max_len+1]
+            let ml = self.config.max_len;
+            let keys = bias.narrow(1, 0, t)?.narrow(2, 0, t)?;
+            scores = scores.broadcast_add(&keys)?;
+            null = null.broadcast_add(&bias.narrow(1, 0, t)?.narrow(2, ml, 1)?)?;
+        }
+        scores = scores.broadcast_add(&self.causal_mask(t)?)?;
+        let all = if cfg.zero_attn { Tensor::cat(&[&scores, &null], 3)? } else { scores };
+        let p = softmax_neg_inf(&all)?;
+        let p = p.narrow(3, 0, t)?;
+        let mut o = p.matmul(&v)?; // [B, H, T, hd]
+        if let Some(m) = self.momentum_matrix(cfg, prefix, t)? {
+            o = (o + m.unsqueeze(0)?.broadcast_matmul(&v)?)?;
+        }
+        let o = o.transpose(1, 2)?.contiguous()?.reshape((b, t, nh * hd))?;
+        self.linear(&o, &format!("{prefix}.o"))
+    }
+
+    fn mlp(&self, m: &Tensor, kind: MlpKind, act: Activation, prefix: &str) -> Result<Tensor> {
+        let up = self.linear(m, &format!("{prefix}.up"))?;
+        let inner = match kind {
+            MlpKind::Bilinear => (self.linear(m, &format!("{prefix}.gate"))? * up)?,
+            MlpKind::Gelu => match act {
+                Activation::Gelu => up.gelu_erf()?,
+                Activation::GeluTanh => up.gelu()?,
+            },
+        };
+        self.linear(&inner, &format!("{prefix}.down"))
+    }
+
+    fn check_tokens(&self, tokens: &Tensor) -> Result<(usize, usize)> {
+        let dims = tokens.dims();
+        if dims.len() != 3 || dims[2] != self.config.d + 1 {
+            return Err(ModelError::Input(format!(
+                "tokens must have shape [batch, T, {}] (d+1 = {}), found {dims:?}",
+                self.config.d + 1,
+                self.config.d + 1
+            )));
+        }
+        if dims[1] == 0 || dims[1] > self.config.max_len {
+            return Err(ModelError::Input(format!(
+                "prompt length T = {} must be between 1 and max_len = {}",
+                dims[1], self.config.max_len
+            )));
+        }
+        Ok((dims[0], dims[1]))
+    }
+
+    /// Hidden states [B, T, width]: after the embedding, then after each layer (L+1 tensors;
+    /// the final norm is not applied), and the predictions [B, T].
+    pub fn forward_with_hidden(&self, tokens: &Tensor, keep: bool) -> Result<(Tensor, Vec<Tensor>)> {
+        let (_, t) = self.check_tokens(tokens)?;
+        let tokens = tokens.to_dtype(self.dtype)?;
+        let pos = self.p("pos.weight")?.narrow(0, 0, t)?;
+        let mut h = self.linear(&tokens, "embed")?.broadcast_add(&pos)?;
+        let mut hidden = Vec::new();
+        if keep {
+            hidden.push(h.clone());
+        }
+        for (l, layer) in self.config.layers.iter().enumerate() {
+            let p = format!("layers.{l}");
+            if let Some(attn) = &layer.attn {
+                let a = match layer.attn_norm {
+                    Some(n) => self.layer_norm(&h, &format!("{p}.attn_norm"), n.eps)?,
+                    None => h.clone(),
+                };
+                h = (&h + self.attention(&a, attn, &format!("{p}.attn"))?)?;
+            }
+            if let Some(mlp) = &layer.mlp {
+                let m = match layer.norm {
+                    Some(n) => self.layer_norm(&h, &format!("{p}.norm"), n.eps)?,
+                    None => h.clone(),
+                };
+                h = (&h + self.mlp(&m, mlp.kind, mlp.activation, &format!("{p}.mlp"))?)?;
+            }
+            if keep {
+                hidden.push(h.clone());
+            }
+        }
+        if let Some(n) = self.config.final_norm {
+            h = self.layer_norm(&h, "final_norm", n.eps)?;
+        }
+        let pred = self.linear(&h, "readout")?.squeeze(2)?;
+        Ok((pred, hidden))
+    }
+
+    /// Predictions at every column: tokens [batch, T, d+1] → [batch, T].
+    pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
+        Ok(self.forward_with_hidden(tokens, false)?.0)
+    }
+
+    /// Hidden states after the embedding and after each layer: L+1 tensors [batch, T, width].
+    pub fn hidden_states(&self, tokens: &Tensor) -> Result<Vec<Tensor>> {
+        Ok(self.forward_with_hidden(tokens, true)?.1)
+    }
+
+    /// Tokens of prompts that all have the same shape, as a [batch, 2n+1, d+1] tensor.
+    pub fn prompts_tensor(&self, prompts: &[Prompt]) -> Result<Tensor> {
+        prompts_to_tensor(prompts, self.config.d, &self.device)
+    }
+
+    /// The prediction at every x̃ column (n+1 values per prompt, x̃_1 first), in f64.
+    pub fn predict_prompts(&self, prompts: &[Prompt]) -> Result<Vec<Vec<f64>>> {
+        let mut out = vec![Vec::new(); prompts.len()];
+        // Group prompts by length so every batch is rectangular; keep the input order.
+        let mut by_len: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (i, p) in prompts.iter().enumerate() {
+            by_len.entry(p.columns()).or_default().push(i);
+        }
+        for idx in by_len.values() {
+            for chunk in idx.chunks(256) {
+                let group: Vec<Prompt> = chunk.iter().map(|&i| prompts[i].clone()).collect();
+                let tokens = self.prompts_tensor(&group)?;
+                let pred = self.forward(&tokens)?.to_dtype(CDType::F64)?.to_vec2::<f64>()?;
+                for (row, &i) in pred.into_iter().zip(chunk) {
+                    out[i] = row.into_iter().step_by(2).collect();
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Softmax over the last dim where −inf scores get weight 0. A row whose scores are all −inf
+/// gets all-zero weights (it attends nothing) instead of NaN.
+pub fn softmax_neg_inf(s: &Tensor) -> Result<Tensor> {
+    // Subtracting the row max (a constant for the gradient) does not change the softmax.
+    let m = s.max_keepdim(D::Minus1)?.detach();
+    let finite = m.ne(f64::NEG_INFINITY)?;
+    let m = finite.where_cond(&m, &m.zeros_like()?)?;
+    let e = s.broadcast_sub(&m)?.exp()?;
+    let z = e.sum_keepdim(D::Minus1)?;
+    // z = 0 only when every score is −inf (all e = 0); add 1 there so 0/1 = 0.
+    let empty = z.eq(0.0)?.to_dtype(z.dtype())?.detach();
+    Ok(e.broadcast_div(&(z + empty)?)?)
+}
+
+/// Tokens of same-shape prompts as a [batch, 2n+1, d+1] f64 tensor.
+pub fn prompts_to_tensor(prompts: &[Prompt], d: usize, device: &Device) -> Result<Tensor> {
+    let first = prompts.first().ok_or_else(|| ModelError::Input("no prompts".into()))?;
+    let t = first.columns();
+    let mut data = Vec::with_capacity(prompts.len() * t * (d + 1));
+    for (i, p) in prompts.iter().enumerate() {
+        if p.d() != d || p.columns() != t {
+            return Err(ModelError::Input(format!(
+                "prompt {i}: d = {}, {} columns; expected d = {d}, {t} columns",
+                p.d(),
+                p.columns()
+            )));
+        }
+        for c in 0..t {
+            data.extend(p.token(c));
+        }
+    }
+    Ok(Tensor::from_vec(data, (prompts.len(), t, d + 1), device)?)
+}
+
+/// Write a model directory: `config.json` (pretty JSON) and `model.safetensors` in the config's
+/// dtype, each atomically. Checks the tensors against the config first.
+pub fn save_model_dir(dir: &Path, config: &ModelConfig, named: &NamedTensors) -> Result<()> {
+    check_tensors(config, named, "<tensors>")?;
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::Io(format!("{}: {e}", dir.display())))?;
+    let json = serde_json::to_string_pretty(config).map_err(|e| ModelError::Io(e.to_string()))? + "\n";
+    let io = |p: PathBuf, e: std::io::Error| ModelError::Io(format!("{}: {e}", p.display()));
+    let cpath = dir.join("config.json");
+    tensors::write_atomic(&cpath, json.as_bytes()).map_err(|e| io(cpath.clone(), e))?;
+    let wpath = dir.join("model.safetensors");
+    tensors::save(&wpath, named, config.dtype).map_err(|e| io(wpath.clone(), e))?;
+    Ok(())
+}

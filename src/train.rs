@@ -1,0 +1,712 @@
+//! Trained-model mode (DESIGN §6, issue 4): ordinary transformers trained on in-context linear
+//! regression with the same [`Transformer`] type compiled models use.
+//!
+//! Determinism: the batch of step s is drawn from `ChaCha8(batch_seed(seed, s))` — a function of
+//! (seed, step) only, so there is no running RNG to lose — and a checkpoint stores the weights,
+//! the AdamW moments and the step. Resuming from a checkpoint therefore replays exactly the
+//! computation an uninterrupted run does (bit-identical on CPU).
+
+use crate::eval;
+use crate::model::config::{
+    Activation, AttnConfig, DType, LayerConfig, MlpConfig, MlpKind, ModelConfig, ModelKind, MomentumConfig,
+    NormConfig, MODEL_FORMAT,
+};
+use crate::model::{self, ModelError, Transformer};
+use crate::prompt::{Prompt, PromptDistribution};
+use crate::tensors::{self, NamedTensors, RawTensor};
+use candle_core::{DType as CDType, Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{path}: {msg}")]
+    Config { path: String, msg: String },
+    #[error("{0}")]
+    Model(#[from] ModelError),
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("{path}: {msg}")]
+    Io { path: String, msg: String },
+    #[error("loss is {loss} at step {step}: training stopped. {kept}")]
+    NonFinite { step: usize, loss: f64, kept: String },
+    #[error("{0}")]
+    Resume(String),
+}
+
+pub type Result<T> = std::result::Result<T, TrainError>;
+
+fn io_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
+    TrainError::Io { path: path.display().to_string(), msg: e.to_string() }
+}
+
+/// The task: prompts x ~ N(x_shift, x_scale² I_d), w ~ N(0, w_std² I_d), y = wᵀx + N(0, noise_std²).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskConfig {
+    pub d: usize,
+    pub n: usize,
+    #[serde(default = "one")]
+    pub w_std: f64,
+    #[serde(default)]
+    pub noise_std: f64,
+    #[serde(default = "one")]
+    pub x_scale: f64,
+    #[serde(default)]
+    pub x_shift: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// Pre-LayerNorm on attention and MLP inputs, final LayerNorm.
+    Gpt2,
+    /// LayerNorm only on the MLP input (reference/akyurek.md §1.1).
+    Paper,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchConfig {
+    pub arch: Arch,
+    pub layers: usize,
+    pub width: usize,
+    pub heads: usize,
+    /// MLP inner width (default 4·width).
+    #[serde(default)]
+    pub mlp_hidden: Option<usize>,
+    #[serde(default = "default_act")]
+    pub activation: Activation,
+    #[serde(default = "default_ln_eps")]
+    pub ln_eps: f64,
+    /// Momentum attention with a fixed decay η in [0, 1) (reference/dai.md §3).
+    #[serde(default)]
+    pub momentum_eta: Option<f64>,
+    /// Momentum attention with a learned per-head decay η_h = sigmoid(logit_h).
+    #[serde(default)]
+    pub momentum_learned: bool,
+}
+
+fn default_act() -> Activation {
+    Activation::Gelu
+}
+fn default_ln_eps() -> f64 {
+    1e-5
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimConfig {
+    pub steps: usize,
+    pub batch: usize,
+    pub lr: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+    #[serde(default = "default_b1")]
+    pub beta1: f64,
+    #[serde(default = "default_b2")]
+    pub beta2: f64,
+    #[serde(default = "default_adam_eps")]
+    pub adam_eps: f64,
+    /// Fraction of the steps spent in linear warm-up (the paper's 1/5).
+    #[serde(default = "default_warmup")]
+    pub warmup_frac: f64,
+    /// Clip gradients to this global L2 norm (0 = no clipping).
+    #[serde(default = "one")]
+    pub clip: f64,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default = "default_ckpt")]
+    pub checkpoint_every: usize,
+    #[serde(default = "default_log")]
+    pub log_every: usize,
+    #[serde(default = "default_dtype")]
+    pub dtype: DType,
+}
+
+fn default_b1() -> f64 {
+    0.9
+}
+fn default_b2() -> f64 {
+    0.999
+}
+fn default_adam_eps() -> f64 {
+    1e-8
+}
+fn default_warmup() -> f64 {
+    0.2
+}
+fn default_ckpt() -> usize {
+    1000
+}
+fn default_log() -> usize {
+    50
+}
+fn default_dtype() -> DType {
+    DType::F32
+}
+
+/// A training configuration file (`configs/*.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub task: TaskConfig,
+    pub model: ArchConfig,
+    pub train: OptimConfig,
+}
+
+impl TrainConfig {
+    /// Checks beyond the TOML shape, each naming its field.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let t = &self.task;
+        let m = &self.model;
+        let o = &self.train;
+        let pos = |v: usize, f: &str| if v == 0 { Err(format!("field `{f}`: must be at least 1, found 0")) } else { Ok(()) };
+        pos(t.d, "task.d")?;
+        pos(t.n, "task.n")?;
+        pos(m.layers, "model.layers")?;
+        pos(m.width, "model.width")?;
+        pos(m.heads, "model.heads")?;
+        pos(o.steps, "train.steps")?;
+        pos(o.batch, "train.batch")?;
+        pos(o.checkpoint_every, "train.checkpoint_every")?;
+        pos(o.log_every, "train.log_every")?;
+        if m.width % m.heads != 0 {
+            return Err(format!(
+                "field `model.heads`: {} heads do not divide width {} (head size = width / heads)",
+                m.heads, m.width
+            ));
+        }
+        if m.mlp_hidden == Some(0) {
+            return Err("field `model.mlp_hidden`: must be at least 1, found 0".into());
+        }
+        let finite_nonneg = |v: f64, f: &str| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(format!("field `{f}`: must be a finite number >= 0, found {v}"))
+            }
+        };
+        finite_nonneg(t.w_std, "task.w_std")?;
+        finite_nonneg(t.noise_std, "task.noise_std")?;
+        finite_nonneg(t.x_scale, "task.x_scale")?;
+        if !t.x_shift.is_finite() {
+            return Err(format!("field `task.x_shift`: must be finite, found {}", t.x_shift));
+        }
+        finite_nonneg(m.ln_eps, "model.ln_eps")?;
+        if m.ln_eps == 0.0 {
+            return Err("field `model.ln_eps`: must be > 0 for training (a zero-variance column would divide by 0)".into());
+        }
+        if let Some(eta) = m.momentum_eta {
+            if !(eta.is_finite() && (0.0..1.0).contains(&eta)) {
+                return Err(format!("field `model.momentum_eta`: must be in [0, 1), found {eta}"));
+            }
+            if m.momentum_learned {
+                return Err("fields `model.momentum_eta` and `model.momentum_learned`: choose one".into());
+            }
+        }
+        if !(o.lr.is_finite() && o.lr > 0.0) {
+            return Err(format!("field `train.lr`: must be a positive number, found {}", o.lr));
+        }
+        finite_nonneg(o.weight_decay, "train.weight_decay")?;
+        finite_nonneg(o.clip, "train.clip")?;
+        for (v, f) in [(o.beta1, "train.beta1"), (o.beta2, "train.beta2")] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(format!("field `{f}`: must be in [0, 1), found {v}"));
+            }
+        }
+        if !(o.adam_eps.is_finite() && o.adam_eps > 0.0) {
+            return Err(format!("field `train.adam_eps`: must be > 0, found {}", o.adam_eps));
+        }
+        if !(0.0..1.0).contains(&o.warmup_frac) {
+            return Err(format!("field `train.warmup_frac`: must be in [0, 1), found {}", o.warmup_frac));
+        }
+        Ok(())
+    }
+
+    pub fn distribution(&self) -> PromptDistribution {
+        let t = &self.task;
+        PromptDistribution {
+            d: t.d,
+            n: t.n,
+            w_std: t.w_std,
+            noise_std: t.noise_std,
+            x_scale: t.x_scale,
+            x_shift: t.x_shift,
+        }
+    }
+
+    /// The model architecture as a `config.json` (docs/FORMATS.md).
+    pub fn model_config(&self) -> ModelConfig {
+        let m = &self.model;
+        let eps = NormConfig { eps: m.ln_eps };
+        let momentum = match (m.momentum_eta, m.momentum_learned) {
+            (Some(eta), _) => Some(MomentumConfig::Fixed { eta }),
+            (None, true) => Some(MomentumConfig::Learned { learned: true }),
+            (None, false) => None,
+        };
+        let attn = AttnConfig {
+            heads: m.heads,
+            head_dim: m.width / m.heads,
+            qk: true,
+            bias: false,
+            zero_attn: false,
+            momentum,
+        };
+        let mlp = MlpConfig { kind: MlpKind::Gelu, hidden: m.mlp_hidden.unwrap_or(4 * m.width), activation: m.activation };
+        let gpt2 = m.arch == Arch::Gpt2;
+        let layer = LayerConfig { attn_norm: gpt2.then_some(eps), attn: Some(attn), norm: Some(eps), mlp: Some(mlp) };
+        ModelConfig {
+            format: MODEL_FORMAT.into(),
+            kind: ModelKind::Trained,
+            target: match m.arch {
+                Arch::Gpt2 => "gpt2".into(),
+                Arch::Paper => "paper".into(),
+            },
+            dtype: self.train.dtype,
+            d: self.task.d,
+            n: self.task.n,
+            max_len: 2 * self.task.n + 1,
+            width: m.width,
+            layers: vec![layer; m.layers],
+            final_norm: gpt2.then_some(eps),
+            readout_row: None,
+        }
+    }
+}
+
+/// Parse a TOML training config and apply `field=value` overrides (dotted paths such as
+/// `model.layers=4` or `train.lr=3e-4`; the value is read as TOML, else as a string).
+pub fn parse_config(text: &str, path: &str, sets: &[String]) -> Result<TrainConfig> {
+    let cerr = |msg: String| TrainError::Config { path: path.into(), msg };
+    let mut value: toml::Table = toml::from_str(text).map_err(|e| cerr(e.to_string()))?;
+    for s in sets {
+        let (key, raw) = s.split_once('=').ok_or_else(|| cerr(format!("--set `{s}`: expected field=value")))?;
+        let key = key.trim();
+        let parts: Vec<&str> = key.split('.').collect();
+        if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
+            return Err(cerr(format!("--set `{s}`: expected a field as section.name (e.g. train.lr)")));
+        }
+        let v: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+        let section = value
+            .entry(parts[0].to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()))
+            .as_table_mut()
+            .ok_or_else(|| cerr(format!("--set `{s}`: `{}` is not a section", parts[0])))?;
+        section.insert(parts[1].to_string(), v);
+    }
+    let cfg: TrainConfig = toml::Value::Table(value)
+        .try_into()
+        .map_err(|e: toml::de::Error| cerr(e.to_string().trim().to_string()))?;
+    cfg.validate().map_err(cerr)?;
+    Ok(cfg)
+}
+
+pub fn load_config(path: &Path, sets: &[String]) -> Result<TrainConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
+    parse_config(&text, &path.display().to_string(), sets)
+}
+
+/// splitmix64: a bijective mixer, used to derive independent per-step seeds.
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The seed of step `step`'s batch: a function of (seed, step) only.
+pub fn batch_seed(seed: u64, step: usize) -> u64 {
+    splitmix64(splitmix64(seed) ^ (step as u64).wrapping_mul(0xD1B5_4A32_D192_ED03))
+}
+
+/// Initial parameters: linear weights U(±1/√fan_in) (the paper's "uniform scaling"), biases 0,
+/// LayerNorm gains 1, position table N(0, 0.02²), momentum logits 0 (η = 1/2).
+pub fn init_params(mc: &ModelConfig, seed: u64) -> NamedTensors {
+    let mut rng = ChaCha8Rng::seed_from_u64(splitmix64(seed ^ 0x1C1_u64));
+    let mut out = NamedTensors::new();
+    for (name, shape) in model::expected_tensors(mc) {
+        let mut t = RawTensor::zeros(&shape);
+        let is_norm = name.contains("norm.");
+        if name == "pos.weight" {
+            for v in &mut t.data {
+                let g: f64 = StandardNormal.sample(&mut rng);
+                *v = 0.02 * g;
+            }
+        } else if is_norm && name.ends_with(".weight") {
+            t.data.iter_mut().for_each(|v| *v = 1.0);
+        } else if name.ends_with(".weight") {
+            let bound = 1.0 / (shape[1] as f64).sqrt();
+            for v in &mut t.data {
+                *v = rng.random_range(-bound..bound);
+            }
+        }
+        out.insert(name, t);
+    }
+    out
+}
+
+/// Learning rate before update `step` (0-based): linear warm-up over the first
+/// `warmup_frac·steps` updates, then a half cosine down to 0.
+pub fn learning_rate(o: &OptimConfig, step: usize) -> f64 {
+    let warm = ((o.warmup_frac * o.steps as f64).round() as usize).max(1);
+    if step < warm {
+        o.lr * (step + 1) as f64 / warm as f64
+    } else {
+        let rest = (o.steps - warm).max(1) as f64;
+        let progress = ((step - warm) as f64 / rest).min(1.0);
+        o.lr * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+}
+
+/// AdamW with decoupled weight decay; moments are kept per parameter name.
+pub struct AdamW {
+    pub m: std::collections::BTreeMap<String, Tensor>,
+    pub v: std::collections::BTreeMap<String, Tensor>,
+    /// Number of updates applied so far.
+    pub t: usize,
+}
+
+impl AdamW {
+    pub fn new(model: &Transformer) -> Result<Self> {
+        let mut m = std::collections::BTreeMap::new();
+        let mut v = std::collections::BTreeMap::new();
+        for (name, p) in model.params() {
+            m.insert(name.clone(), p.zeros_like()?);
+            v.insert(name.clone(), p.zeros_like()?);
+        }
+        Ok(AdamW { m, v, t: 0 })
+    }
+
+    /// One update with learning rate `lr`; gradients already clipped.
+    pub fn step(&mut self, model: &Transformer, grads: &candle_core::backprop::GradStore, lr: f64, o: &OptimConfig) -> Result<()> {
+        self.t += 1;
+        let bc1 = 1.0 - o.beta1.powi(self.t as i32);
+        let bc2 = 1.0 - o.beta2.powi(self.t as i32);
+        let vars = model.varmap().ok_or_else(|| TrainError::Resume("internal: model is not trainable".into()))?;
+        let vars = vars.data().lock().expect("varmap lock");
+        for (name, var) in vars.iter() {
+            let Some(g) = grads.get(var.as_tensor()) else { continue };
+            let m = self.m.get_mut(name).expect("moment for every parameter");
+            *m = ((&*m * o.beta1)? + (g * (1.0 - o.beta1))?)?;
+            let v = self.v.get_mut(name).expect("moment for every parameter");
+            *v = ((&*v * o.beta2)? + (g.sqr()? * (1.0 - o.beta2))?)?;
+            let mhat = (&*m / bc1)?;
+            let vhat = (&*v / bc2)?;
+            let update = (mhat / (vhat.sqrt()? + o.adam_eps)?)?;
+            let decayed = (var.as_tensor() * (1.0 - lr * o.weight_decay))?;
+            var.set(&(decayed - (update * lr)?)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a run writes: `DIR/config.json` + `DIR/model.safetensors` (the latest weights, a model
+/// directory `icl eval` loads), `DIR/metrics.jsonl`, `DIR/train.toml` (the resolved config),
+/// `DIR/checkpoints/step-XXXXXXXX/` (weights, optimizer state, state.json) and
+/// `DIR/checkpoint.json` naming the latest complete checkpoint (written last: the commit point).
+pub struct TrainOptions {
+    pub out: PathBuf,
+    pub resume: bool,
+    /// Stop (after checkpointing) once this many steps are done — simulates an interrupted run.
+    pub stop_after: Option<usize>,
+    pub progress: bool,
+    pub device: Device,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointState {
+    pub step: usize,
+    pub seed: u64,
+    /// How the data RNG is derived (there is no running RNG state to save).
+    pub rng: String,
+    pub config: TrainConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Metrics {
+    pub step: usize,
+    pub loss: f64,
+    pub ols_loss: f64,
+    pub loss_over_ols: f64,
+    pub lr: f64,
+    pub steps_per_s: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub steps_done: usize,
+    pub last_loss: f64,
+    pub steps_per_s: f64,
+}
+
+/// Targets at the x̃ columns [batch, n+1] and the indices of those columns.
+fn batch_tensors(prompts: &[Prompt], d: usize, device: &Device, dtype: CDType) -> Result<(Tensor, Tensor, Tensor)> {
+    let tokens = model::prompts_to_tensor(prompts, d, device)?.to_dtype(dtype)?;
+    let n1 = prompts[0].ys.len();
+    let ys: Vec<f64> = prompts.iter().flat_map(|p| p.ys.iter().copied()).collect();
+    let ys = Tensor::from_vec(ys, (prompts.len(), n1), device)?.to_dtype(dtype)?;
+    let cols: Vec<u32> = (0..n1 as u32).map(|k| 2 * k).collect();
+    let cols = Tensor::from_vec(cols, n1, device)?;
+    Ok((tokens, ys, cols))
+}
+
+/// Mean squared error of the OLS (minimum-norm) prediction at every x̃ column of the batch.
+pub fn ols_loss(prompts: &[Prompt]) -> f64 {
+    let preds: Vec<Vec<f64>> = prompts.iter().map(|p| eval::baseline_predictions(p, 0.0)).collect();
+    eval::mean_squared_error(&preds, prompts)
+}
+
+fn ckpt_dir(out: &Path, step: usize) -> PathBuf {
+    out.join("checkpoints").join(format!("step-{step:08}"))
+}
+
+/// Write a complete checkpoint for `step`, then commit it by rewriting `checkpoint.json`, then
+/// drop older checkpoints and refresh the top-level model directory.
+fn save_checkpoint(out: &Path, cfg: &TrainConfig, model: &Transformer, opt: &AdamW, step: usize) -> Result<()> {
+    let dir = ckpt_dir(out, step);
+    let named = model.to_named()?;
+    model::save_model_dir(&dir, &model.config, &named)?;
+    let mut ost = NamedTensors::new();
+    for (kind, map) in [("m", &opt.m), ("v", &opt.v)] {
+        for (name, t) in map {
+            let data = t.to_dtype(CDType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+            ost.insert(format!("{kind}.{name}"), RawTensor { shape: t.dims().to_vec(), data });
+        }
+    }
+    ost.insert("t".into(), RawTensor { shape: vec![1], data: vec![opt.t as f64] });
+    let opath = dir.join("optimizer.safetensors");
+    tensors::save(&opath, &ost, DType::F64).map_err(|e| io_err(&opath, e))?;
+    let state = CheckpointState {
+        step,
+        seed: cfg.train.seed,
+        rng: "batch of step s drawn from ChaCha8Rng::seed_from_u64(batch_seed(seed, s)); weights initialised from seed".into(),
+        config: cfg.clone(),
+    };
+    let spath = dir.join("state.json");
+    let json = serde_json::to_string_pretty(&state).map_err(|e| io_err(&spath, e))? + "\n";
+    tensors::write_atomic(&spath, json.as_bytes()).map_err(|e| io_err(&spath, e))?;
+    let commit = out.join("checkpoint.json");
+    let pointer = serde_json::json!({ "step": step, "dir": format!("checkpoints/step-{step:08}") });
+    tensors::write_atomic(&commit, format!("{pointer}\n").as_bytes()).map_err(|e| io_err(&commit, e))?;
+    // Older checkpoints are no longer needed once the pointer names this one.
+    if let Ok(entries) = std::fs::read_dir(out.join("checkpoints")) {
+        for e in entries.flatten() {
+            if e.path() != dir {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    model::save_model_dir(out, &model.config, &named)?;
+    Ok(())
+}
+
+/// The latest committed checkpoint: (step, its directory).
+pub fn latest_checkpoint(out: &Path) -> Result<Option<(usize, PathBuf)>> {
+    let commit = out.join("checkpoint.json");
+    if !commit.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&commit).map_err(|e| io_err(&commit, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| io_err(&commit, e))?;
+    let step = v["step"].as_u64().ok_or_else(|| io_err(&commit, "no `step`"))? as usize;
+    let dir = v["dir"].as_str().ok_or_else(|| io_err(&commit, "no `dir`"))?;
+    Ok(Some((step, out.join(dir))))
+}
+
+fn load_checkpoint(dir: &Path, model_cfg: &ModelConfig, device: &Device) -> Result<(Transformer, AdamW, CheckpointState)> {
+    let spath = dir.join("state.json");
+    let text = std::fs::read_to_string(&spath).map_err(|e| io_err(&spath, e))?;
+    let state: CheckpointState = serde_json::from_str(&text).map_err(|e| io_err(&spath, e))?;
+    let wpath = dir.join("model.safetensors");
+    let (named, _) = tensors::load(&wpath).map_err(|e| io_err(&wpath, e))?;
+    let model = Transformer::from_named(model_cfg.clone(), &named, device, model_cfg.dtype, true)?;
+    let opath = dir.join("optimizer.safetensors");
+    let (ost, _) = tensors::load(&opath).map_err(|e| io_err(&opath, e))?;
+    let mut opt = AdamW::new(&model)?;
+    for (kind, map) in [("m", &mut opt.m), ("v", &mut opt.v)] {
+        for (name, t) in map.iter_mut() {
+            let raw = ost.get(&format!("{kind}.{name}")).ok_or_else(|| io_err(&opath, format!("missing `{kind}.{name}`")))?;
+            *t = Tensor::from_vec(raw.data.clone(), raw.shape.as_slice(), device)?.to_dtype(model.dtype())?;
+        }
+    }
+    opt.t = ost.get("t").map(|r| r.data[0] as usize).ok_or_else(|| io_err(&opath, "missing `t`"))?;
+    Ok((model, opt, state))
+}
+
+/// Keep only the metric lines of steps ≤ `step` (after a resume).
+fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s as usize <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    tensors::write_atomic(path, kept.as_bytes()).map_err(|e| io_err(path, e))
+}
+
+/// What one training step did.
+pub enum StepOutcome {
+    /// The update was applied; the batch loss (before the update) and the batch.
+    Done { loss: f64, prompts: Vec<Prompt> },
+    /// The loss was NaN or ±inf; nothing was updated.
+    NonFinite(f64),
+}
+
+/// One training step (0-based `step`): sample the step's batch, forward, MSE on every x̃ column,
+/// backward, global-norm clipping, AdamW update with the scheduled learning rate.
+pub fn train_step(cfg: &TrainConfig, model: &Transformer, opt: &mut AdamW, step: usize) -> Result<StepOutcome> {
+    let o = &cfg.train;
+    let prompts = cfg.distribution().sample_batch(o.batch, batch_seed(o.seed, step));
+    let (tokens, ys, cols) = batch_tensors(&prompts, cfg.task.d, model.device(), model.dtype())?;
+    let pred = model.forward(&tokens)?.index_select(&cols, 1)?;
+    let loss = (pred - &ys)?.sqr()?.mean_all()?;
+    let lval = loss.to_dtype(CDType::F64)?.to_scalar::<f64>()?;
+    if !lval.is_finite() {
+        return Ok(StepOutcome::NonFinite(lval));
+    }
+    let mut grads = loss.backward()?;
+    // Global-norm clipping: scale every gradient by min(1, clip / ‖g‖).
+    if o.clip > 0.0 {
+        let mut sq = 0.0;
+        for p in model.params().values() {
+            if let Some(g) = grads.get(p) {
+                sq += g.sqr()?.sum_all()?.to_dtype(CDType::F64)?.to_scalar::<f64>()?;
+            }
+        }
+        let norm = sq.sqrt();
+        if norm > o.clip {
+            let scale = o.clip / norm;
+            for p in model.params().values() {
+                if let Some(g) = grads.remove(p) {
+                    grads.insert(p, (g * scale)?);
+                }
+            }
+        }
+    }
+    opt.step(model, &grads, learning_rate(o, step), o)?;
+    Ok(StepOutcome::Done { loss: lval, prompts })
+}
+
+/// A fresh trainable model and optimizer for a config (weights from `train.seed`).
+pub fn fresh(cfg: &TrainConfig, device: &Device) -> Result<(Transformer, AdamW)> {
+    let mc = cfg.model_config();
+    let model = Transformer::from_named(mc.clone(), &init_params(&mc, cfg.train.seed), device, mc.dtype, true)?;
+    let opt = AdamW::new(&model)?;
+    Ok((model, opt))
+}
+
+/// Train (or resume) a model as `cfg` says, writing to `opts.out`.
+pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
+    cfg.validate().map_err(|msg| TrainError::Config { path: "<config>".into(), msg })?;
+    let out = &opts.out;
+    let mc = cfg.model_config();
+    let saved_cfg = out.join("train.toml");
+    let (model, mut opt, start) = match (opts.resume, latest_checkpoint(out)?) {
+        (true, Some((_, dir))) => {
+            let (model, opt, state) = load_checkpoint(&dir, &mc, &opts.device)?;
+            if &state.config != cfg {
+                return Err(TrainError::Resume(format!(
+                    "{}: the checkpoint was made with a different config; resume with the run's own train.toml ({})",
+                    dir.display(),
+                    saved_cfg.display()
+                )));
+            }
+            truncate_metrics(&out.join("metrics.jsonl"), state.step)?;
+            (model, opt, state.step)
+        }
+        (true, None) => {
+            return Err(TrainError::Resume(format!("--resume: no checkpoint in {} (no checkpoint.json)", out.display())))
+        }
+        (false, Some(_)) => {
+            return Err(TrainError::Resume(format!(
+                "{} already holds a run; pass --resume to continue it or choose another -o",
+                out.display()
+            )))
+        }
+        (false, None) => {
+            let (model, opt) = fresh(cfg, &opts.device)?;
+            std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
+            let text = toml::to_string_pretty(cfg).map_err(|e| io_err(&saved_cfg, e))?;
+            tensors::write_atomic(&saved_cfg, text.as_bytes()).map_err(|e| io_err(&saved_cfg, e))?;
+            let _ = std::fs::remove_file(out.join("metrics.jsonl"));
+            save_checkpoint(out, cfg, &model, &opt, 0)?;
+            (model, opt, 0)
+        }
+    };
+    let o = &cfg.train;
+    let end = opts.stop_after.map_or(o.steps, |s| s.min(o.steps));
+    let bar = if opts.progress {
+        let b = indicatif::ProgressBar::new(o.steps as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b.set_position(start as u64);
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mpath = out.join("metrics.jsonl");
+    let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(&mpath).map_err(|e| io_err(&mpath, e))?;
+    let mut last_loss = f64::NAN;
+    let t0 = std::time::Instant::now();
+    let mut interval = (std::time::Instant::now(), start);
+    let mut last_ckpt = start;
+    for step in start..end {
+        let (lval, prompts) = match train_step(cfg, &model, &mut opt, step)? {
+            StepOutcome::Done { loss, prompts } => (loss, prompts),
+            StepOutcome::NonFinite(lval) => {
+                bar.abandon();
+                return Err(TrainError::NonFinite {
+                    step: step + 1,
+                    loss: lval,
+                    kept: format!(
+                        "The last good checkpoint (step {last_ckpt}) is kept in {}.",
+                        ckpt_dir(out, last_ckpt).display()
+                    ),
+                });
+            }
+        };
+        last_loss = lval;
+        let lr = learning_rate(o, step);
+        let done = step + 1;
+        if done % o.log_every == 0 || done == o.steps {
+            let ols = ols_loss(&prompts);
+            let now = std::time::Instant::now();
+            let sps = (done - interval.1) as f64 / now.duration_since(interval.0).as_secs_f64().max(1e-9);
+            interval = (now, done);
+            let m = Metrics { step: done, loss: lval, ols_loss: ols, loss_over_ols: lval / ols, lr, steps_per_s: sps };
+            let line = serde_json::to_string(&m).map_err(|e| io_err(&mpath, e))?;
+            writeln!(metrics, "{line}").map_err(|e| io_err(&mpath, e))?;
+            bar.set_message(format!("loss {lval:.4} (OLS {ols:.4}) {sps:.1} steps/s"));
+        }
+        bar.set_position(done as u64);
+        // `stop_after` does not checkpoint at its stop: it behaves like a kill, so a resume
+        // replays the steps since the last checkpoint.
+        if done % o.checkpoint_every == 0 || done == o.steps {
+            save_checkpoint(out, cfg, &model, &opt, done)?;
+            last_ckpt = done;
+        }
+    }
+    bar.finish();
+    let steps_run = end.saturating_sub(start);
+    Ok(TrainSummary {
+        steps_done: end,
+        last_loss,
+        steps_per_s: steps_run as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+    })
+}

@@ -1,0 +1,121 @@
+//! The numpy reproduction (tests/python/forward.py) against the Rust model, on a model with every
+//! part of docs/FORMATS.md. Skipped, with a notice, when python3 with numpy and safetensors is
+//! missing (CI installs them). `ICL_PYTHON` picks the interpreter.
+
+use candle_core::Device;
+use icl::model::config::*;
+use icl::model::{expected_tensors, save_model_dir, Transformer};
+use icl::prompt::PromptDistribution;
+use icl::tensors::{NamedTensors, RawTensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::process::Command;
+
+fn python() -> Option<String> {
+    let py = std::env::var("ICL_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&py)
+        .args(["-c", "import numpy, safetensors.numpy"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    ok.then_some(py)
+}
+
+fn config() -> ModelConfig {
+    let layers = vec![
+        LayerConfig {
+            attn_norm: None,
+            attn: Some(AttnConfig { heads: 2, head_dim: 3, qk: false, bias: true, zero_attn: true, momentum: None }),
+            norm: Some(NormConfig { eps: 0.0 }),
+            mlp: Some(MlpConfig { kind: MlpKind::Bilinear, hidden: 4, activation: Activation::Gelu }),
+        },
+        LayerConfig {
+            attn_norm: Some(NormConfig { eps: 1e-5 }),
+            attn: Some(AttnConfig {
+                heads: 2,
+                head_dim: 2,
+                qk: true,
+                bias: true,
+                zero_attn: false,
+                momentum: Some(MomentumConfig::Fixed { eta: 0.7 }),
+            }),
+            norm: None,
+            mlp: Some(MlpConfig { kind: MlpKind::Gelu, hidden: 5, activation: Activation::Gelu }),
+        },
+        LayerConfig {
+            attn_norm: None,
+            attn: Some(AttnConfig {
+                heads: 3,
+                head_dim: 2,
+                qk: true,
+                bias: false,
+                zero_attn: true,
+                momentum: Some(MomentumConfig::Learned { learned: true }),
+            }),
+            norm: Some(NormConfig { eps: 1e-3 }),
+            mlp: Some(MlpConfig { kind: MlpKind::Gelu, hidden: 3, activation: Activation::GeluTanh }),
+        },
+    ];
+    ModelConfig {
+        format: MODEL_FORMAT.into(),
+        kind: ModelKind::Compiled,
+        target: "exact".into(),
+        dtype: DType::F64,
+        d: 3,
+        n: 4,
+        max_len: 9,
+        width: 6,
+        layers,
+        final_norm: Some(NormConfig { eps: 1e-5 }),
+        readout_row: None,
+    }
+}
+
+#[test]
+fn numpy_forward_matches_rust() {
+    let Some(py) = python() else {
+        eprintln!("NOTICE: python3 with numpy and safetensors not found; skipping the numpy forward comparison");
+        return;
+    };
+    let c = config();
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let mut t = NamedTensors::new();
+    for (name, shape) in expected_tensors(&c) {
+        let mut r = RawTensor::zeros(&shape);
+        for v in &mut r.data {
+            *v = rng.random_range(-1.0..1.0);
+        }
+        if name.ends_with("attn.bias") {
+            // Bias patterns with −inf entries (a third of them), own key kept finite.
+            let (h, ml) = (shape[0], shape[1]);
+            for (i, v) in r.data.iter_mut().enumerate() {
+                let (q, k) = ((i / (ml + 1)) % ml, i % (ml + 1));
+                if k != q && i % 3 == 0 {
+                    *v = f64::NEG_INFINITY;
+                }
+                let _ = h;
+            }
+        }
+        t.insert(name, r);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    save_model_dir(dir.path(), &c, &t).unwrap();
+    let mut prompts = PromptDistribution::new(3, 4).sample_batch(4, 2);
+    prompts.extend(PromptDistribution::new(3, 2).sample_batch(2, 3));
+    let ppath = dir.path().join("prompts.json");
+    std::fs::write(&ppath, serde_json::to_string(&prompts).unwrap()).unwrap();
+    let opath = dir.path().join("out.json");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/forward.py");
+    let st = Command::new(&py).arg(script).arg(dir.path()).arg(&ppath).arg(&opath).status().unwrap();
+    assert!(st.success(), "forward.py failed");
+    let py_out: Vec<Vec<f64>> = serde_json::from_str(&std::fs::read_to_string(&opath).unwrap()).unwrap();
+    let m = Transformer::load(dir.path(), &Device::Cpu, None).unwrap();
+    let rust = m.predict_prompts(&prompts).unwrap();
+    assert_eq!(py_out.len(), rust.len());
+    for (i, (a, b)) in rust.iter().zip(&py_out).enumerate() {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-12 * (1.0 + y.abs()), "prompt {i}: rust {x} vs numpy {y}");
+        }
+    }
+}
