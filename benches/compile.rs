@@ -53,10 +53,13 @@ fn forward(c: &mut Criterion) {
         first.get_or_insert((p, prompts));
     }
     if let Some((p, prompts)) = first {
-        let solver = icl::pipeline::solver_for(&p).unwrap().expect("ridge solver");
-        g.bench_function(format!("{} solver (prompts/s, batch {batch})", solver.name()), |b| {
-            b.iter(|| icl::solvers::predict_batch(&solver, &prompts))
-        });
+        let solver = icl::pipeline::solver_for(&p)
+            .unwrap()
+            .expect("ridge solver");
+        g.bench_function(
+            format!("{} solver (prompts/s, batch {batch})", solver.name()),
+            |b| b.iter(|| icl::solvers::predict_batch(&solver, &prompts)),
+        );
     }
     g.finish();
 }

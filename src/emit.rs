@@ -46,7 +46,10 @@ pub fn files<C: Serialize>(
         ),
         ("config.json", to_json("config.json", &compiled.config)?),
         ("layout.json", to_json("layout.json", &compiled.layout)?),
-        ("certificate.json", to_json("certificate.json", certificate)?),
+        (
+            "certificate.json",
+            to_json("certificate.json", certificate)?,
+        ),
     ])
 }
 

@@ -166,17 +166,35 @@ pub struct WrittenBy {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum InterpError {
     #[error("prompt does not fit the program: expected d = {expected_d}, n = {expected_n}, found d = {found_d}, n = {found_n}")]
-    DimensionMismatch { expected_d: usize, expected_n: usize, found_d: usize, found_n: usize },
+    DimensionMismatch {
+        expected_d: usize,
+        expected_n: usize,
+        found_d: usize,
+        found_n: usize,
+    },
     #[error("malformed prompt: {0}")]
     MalformedPrompt(String),
     #[error("malformed program: {0}")]
     MalformedProgram(String),
     #[error("{location}: `{op}` reads register `{register}` before it is written")]
-    Unwritten { register: String, op: String, location: String },
+    Unwritten {
+        register: String,
+        op: String,
+        location: String,
+    },
     #[error("{location}: `{op}` divides by zero at column {column} (element {element})")]
-    DivisionByZero { op: String, location: String, column: usize, element: usize },
+    DivisionByZero {
+        op: String,
+        location: String,
+        column: usize,
+        element: usize,
+    },
     #[error("{location}: `{op}` uses a constant that is not a finite number ({value})")]
-    NonFiniteConstant { op: String, location: String, value: f64 },
+    NonFiniteConstant {
+        op: String,
+        location: String,
+        value: f64,
+    },
     #[error("{}: assumption `{assumption}` violated by register `{register}` element {element} at column {column}: value {value}, {}",
         .assumption_location,
         match .written_by { Some(w) => format!("written by `{}` at {}", w.text, w.location), None => "from the prompt".to_string() })]
@@ -220,7 +238,11 @@ fn op_text(op: &ir::Op) -> String {
     if op.iteration.is_empty() {
         op.text.clone()
     } else {
-        let it: Vec<String> = op.iteration.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let it: Vec<String> = op
+            .iteration
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         format!("{} [{}]", op.text, it.join(", "))
     }
 }
@@ -228,7 +250,9 @@ fn op_text(op: &ir::Op) -> String {
 /// Checks the prompt's shape against the program's d and n.
 fn check_prompt(p: &Program, prompt: &Prompt) -> Result<(), InterpError> {
     if prompt.xs.is_empty() {
-        return Err(InterpError::MalformedPrompt("no feature vectors (need n+1)".into()));
+        return Err(InterpError::MalformedPrompt(
+            "no feature vectors (need n+1)".into(),
+        ));
     }
     let d = prompt.xs[0].len();
     if let Some(k) = prompt.xs.iter().position(|x| x.len() != d) {
@@ -296,7 +320,10 @@ fn check_program(p: &Program) -> Result<(), InterpError> {
         let dst = op.kind.dst();
         reg_ok(dst, "the destination", op)?;
         if matches!(p.registers[dst].kind, RegKind::Input(_)) {
-            return bad(format!("`{}` writes the input `{}`", op.text, p.registers[dst].name));
+            return bad(format!(
+                "`{}` writes the input `{}`",
+                op.text, p.registers[dst].name
+            ));
         }
         for r in op.kind.reads() {
             reg_ok(r, "an operand", op)?;
@@ -457,7 +484,11 @@ fn run_generic<T: Scalar>(
         }
     }
 
-    let mut tr = if trace { Some(Vec::with_capacity(p.ops.len())) } else { None };
+    let mut tr = if trace {
+        Some(Vec::with_capacity(p.ops.len()))
+    } else {
+        None
+    };
     for op in &p.ops {
         let dst = op.kind.dst();
         let read = |r: usize| -> Result<&RegValues<T>, InterpError> {
@@ -564,12 +595,14 @@ fn run_generic<T: Scalar>(
         }
     }
 
-    let out = state[p.output].as_ref().ok_or_else(|| InterpError::Unwritten {
-        register: p.registers[p.output].name.clone(),
-        op: "output".into(),
-        // The output register's declaration is the best location there is for `output`.
-        location: p.location(p.registers[p.output].span),
-    })?;
+    let out = state[p.output]
+        .as_ref()
+        .ok_or_else(|| InterpError::Unwritten {
+            register: p.registers[p.output].name.clone(),
+            op: "output".into(),
+            // The output register's declaration is the best location there is for `output`.
+            location: p.location(p.registers[p.output].span),
+        })?;
     let outputs = (1..=p.n + 1)
         .map(|k| out[0][crate::prompt::x_column(k)].clone())
         .collect();

@@ -147,11 +147,7 @@ pub fn validation_prompts(p: &Program, count: usize, seed: u64) -> Vec<Prompt> {
 }
 
 /// Compare a model's predictions with the interpreter and the solver.
-pub fn errors(
-    model: &[Vec<f64>],
-    interp: &[Vec<f64>],
-    solver: Option<&[Vec<f64>]>,
-) -> Errors {
+pub fn errors(model: &[Vec<f64>], interp: &[Vec<f64>], solver: Option<&[Vec<f64>]>) -> Errors {
     let (abs, rel) = max_errors(model, interp);
     Errors {
         max_abs_vs_interp: abs,
@@ -222,7 +218,10 @@ pub fn run(
 pub fn load(program: &Path, sets: &[(String, String)]) -> Result<Program> {
     // The front end (branch `front`) is wired here once it has landed.
     let _ = sets;
-    bail!("{}: the front end is not available in this build", program.display())
+    bail!(
+        "{}: the front end is not available in this build",
+        program.display()
+    )
 }
 
 /// Run the validation prompts through the model of `compiled` (and of the other dtype's compile).
@@ -236,7 +235,7 @@ pub fn validate(p: &Program, compiled: &Compiled, opts: &Options) -> Result<Vali
     })?;
     let solver = solver_for(p)?;
     let solved = solver.map(|s| crate::solvers::predict_batch(&s, &prompts));
-    let mut by_dtype = |dt: DType| -> Result<Errors> {
+    let by_dtype = |dt: DType| -> Result<Errors> {
         let other;
         let c = if dt == compiled.config.dtype {
             compiled
@@ -258,12 +257,53 @@ pub fn validate(p: &Program, compiled: &Compiled, opts: &Options) -> Result<Vali
     })
 }
 
-/// Predictions at every x̃ column of the Candle model built from the weights as stored in the
-/// compile's dtype.
+/// The Candle model of a compile, with the weights exactly as stored in the compile's dtype
+/// (serialized and read back, so f32 rounding is the file's).
+pub fn build_model(c: &Compiled, device: &str) -> Result<crate::model::Transformer> {
+    let dev = crate::model::parse_device(device)?;
+    let stored = stored_tensors(c)?;
+    Ok(crate::model::Transformer::from_named(
+        c.config.clone(),
+        &stored,
+        &dev,
+        c.config.dtype,
+        false,
+    )?)
+}
+
+/// The tensors as `model.safetensors` holds them (rounded to the dtype, widened back to f64).
+pub fn stored_tensors(c: &Compiled) -> Result<crate::tensors::NamedTensors> {
+    let bytes = crate::tensors::to_bytes(&c.tensors, c.config.dtype);
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow!("re-reading the serialized weights: {e}"))?;
+    let mut out = crate::tensors::NamedTensors::new();
+    for (name, view) in st.tensors() {
+        let data: Vec<f64> = match view.dtype() {
+            safetensors::Dtype::F64 => view
+                .data()
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .collect(),
+            _ => view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")) as f64)
+                .collect(),
+        };
+        out.insert(
+            name,
+            crate::tensors::RawTensor {
+                shape: view.shape().to_vec(),
+                data,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Predictions at every x̃ column of the Candle model of a compile (see [`build_model`]).
 pub fn run_model(c: &Compiled, prompts: &[Prompt], device: &str) -> Result<Vec<Vec<f64>>> {
-    // The Candle model (branch `model`) is wired here once it has landed.
-    let _ = (c, prompts, device);
-    bail!("the Candle model is not available in this build")
+    Ok(build_model(c, device)?.predict_prompts(prompts)?)
 }
 
 /// certificate.json for a compile. Until the certifier (branch `certify`) is wired in, this

@@ -145,7 +145,9 @@ pub fn ridge_weights(xs: &[Vec<f64>], ys: &[f64], lambda: f64) -> Vec<f64> {
 
 /// One full-batch GD step from 0 on the summed loss: `w = 2α Xᵀy`.
 pub fn gd_weights(xs: &[Vec<f64>], ys: &[f64], alpha: f64) -> Vec<f64> {
-    let Some(d) = xs.first().map(|x| x.len()) else { return Vec::new() };
+    let Some(d) = xs.first().map(|x| x.len()) else {
+        return Vec::new();
+    };
     let mut w = vec![0.0; d];
     for (x, &y) in xs.iter().zip(ys) {
         for (wj, xj) in w.iter_mut().zip(x) {
@@ -165,7 +167,9 @@ fn sgd_step(w: &mut [f64], x: &[f64], y: f64, alpha: f64, lambda: f64) {
 
 /// One pass of SGD (batch size 1) from 0 over the examples in order.
 pub fn sgd_weights(xs: &[Vec<f64>], ys: &[f64], alpha: f64, lambda: f64) -> Vec<f64> {
-    let Some(d) = xs.first().map(|x| x.len()) else { return Vec::new() };
+    let Some(d) = xs.first().map(|x| x.len()) else {
+        return Vec::new();
+    };
     let mut w = vec![0.0; d];
     for (x, &y) in xs.iter().zip(ys) {
         sgd_step(&mut w, x, y, alpha, lambda);
@@ -180,7 +184,12 @@ fn knn_predict(xs: &[Vec<f64>], ys: &[f64], q: &[f64], k: usize, weighted: bool)
     let mut by_dist: Vec<(f64, usize)> = xs
         .iter()
         .enumerate()
-        .map(|(i, x)| (x.iter().zip(q).map(|(a, b)| (a - b) * (a - b)).sum::<f64>(), i))
+        .map(|(i, x)| {
+            (
+                x.iter().zip(q).map(|(a, b)| (a - b) * (a - b)).sum::<f64>(),
+                i,
+            )
+        })
         .collect();
     // Stable sort: equal distances keep example order.
     by_dist.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -188,12 +197,16 @@ fn knn_predict(xs: &[Vec<f64>], ys: &[f64], q: &[f64], k: usize, weighted: bool)
     if !weighted {
         return near.iter().map(|&(_, i)| ys[i]).sum::<f64>() / near.len() as f64;
     }
-    let exact: Vec<f64> = near.iter().filter(|e| e.0 == 0.0).map(|&(_, i)| ys[i]).collect();
+    let exact: Vec<f64> = near
+        .iter()
+        .filter(|e| e.0 == 0.0)
+        .map(|&(_, i)| ys[i])
+        .collect();
     if !exact.is_empty() {
         return exact.iter().sum::<f64>() / exact.len() as f64;
     }
-    let (num, den) = near
-        .iter()
-        .fold((0.0, 0.0), |(n, d), &(d2, i)| (n + ys[i] / d2, d + 1.0 / d2));
+    let (num, den) = near.iter().fold((0.0, 0.0), |(n, d), &(d2, i)| {
+        (n + ys[i] / d2, d + 1.0 / d2)
+    });
     num / den
 }

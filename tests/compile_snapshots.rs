@@ -26,7 +26,10 @@ fn programs() -> Vec<PathBuf> {
 
 /// Overrides for d=2, n=2 (a literal-vector parameter sized by d is resized too).
 fn overrides(path: &Path) -> Vec<(String, String)> {
-    let mut o = vec![("d".to_string(), "2".to_string()), ("n".to_string(), "2".to_string())];
+    let mut o = vec![
+        ("d".to_string(), "2".to_string()),
+        ("n".to_string(), "2".to_string()),
+    ];
     let text = std::fs::read_to_string(path).unwrap_or_default();
     if text.contains("param w0 = [") {
         o.push(("w0".into(), "[0.5, -0.25]".into()));

@@ -53,7 +53,7 @@ fn ridge(d: usize, n: usize, lambda: f64) -> Program {
     b.assume(y, -(d as f64), d as f64);
     b.assume(a, -1.0 / lambda, 1.0 / lambda);
     b.assume(den, 1.0, 1.0 + d as f64 / lambda);
-    b.assume(bv, -(n * d) as f64, (n * d) as f64);
+    b.assume(bv, -((n * d) as f64), (n * d) as f64);
     b.assume(o, -(d as f64) / lambda, d as f64 / lambda);
     b.output(out)
 }
@@ -187,7 +187,10 @@ fn division_without_finite_ranges_is_a_clear_error() {
     let err = lower::compile(&p, &LowerOptions::default()).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, LowerError::Division { .. }), "{msg}");
-    assert!(msg.contains("no finite bound") && msg.contains("div q <- O / |den|"), "{msg}");
+    assert!(
+        msg.contains("no finite bound") && msg.contains("div q <- O / |den|"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -203,7 +206,10 @@ fn division_into_its_own_operand_is_rejected() {
     b.assume(den, 1.0, 3.0);
     let p = b.output(v);
     let err = lower::compile(&p, &LowerOptions::default()).unwrap_err();
-    assert!(err.to_string().contains("writes its own numerator"), "{err}");
+    assert!(
+        err.to_string().contains("writes its own numerator"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -273,7 +279,10 @@ fn live_ranges_never_share_rows() {
             let rows = w.row..w.row + size;
             assert!(rows.end <= a.width);
             for r in rows.clone() {
-                assert!(r > p.d && !fixed.contains(&r), "web {i} on an input row {r}");
+                assert!(
+                    r > p.d && !fixed.contains(&r),
+                    "web {i} on an input row {r}"
+                );
                 assert!(Some(r) != a.payload.map(|x| x[0]) && Some(r) != a.payload.map(|x| x[1]));
                 assert_ne!(r, a.zero_row);
             }
@@ -292,7 +301,12 @@ fn live_ranges_never_share_rows() {
         }
         // Reuse happens: fewer rows than the sum of all live ranges.
         let total: usize = a.webs.iter().map(|w| p.reg(w.reg).shape.size()).sum();
-        assert!(a.width < total, "{}: width {} vs {total}", p.source.name, a.width);
+        assert!(
+            a.width < total,
+            "{}: width {} vs {total}",
+            p.source.name,
+            a.width
+        );
     }
 }
 
@@ -328,7 +342,11 @@ fn layout_names_every_row_and_places_every_op() {
         }
     }
     for (k, op) in p.ops.iter().enumerate() {
-        let want = if matches!(op.kind, OpKind::Div { .. }) { 2 } else { 1 };
+        let want = if matches!(op.kind, OpKind::Div { .. }) {
+            2
+        } else {
+            1
+        };
         assert_eq!(seen[k], want, "op {k} `{}`", op.text);
     }
     assert_eq!(c.config.readout_row, Some(l.output.row));

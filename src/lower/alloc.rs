@@ -92,8 +92,7 @@ impl Occupancy {
     fn free(&self, row: usize, size: usize, iv: (usize, usize)) -> bool {
         (row..row + size).all(|r| {
             r >= self.rows.len()
-                || (!self.reserved[r]
-                    && self.rows[r].iter().all(|&(s, e)| e <= iv.0 || iv.1 <= s))
+                || (!self.reserved[r] && self.rows[r].iter().all(|&(s, e)| e <= iv.0 || iv.1 <= s))
         })
     }
     fn take(&mut self, row: usize, size: usize, iv: (usize, usize)) {
@@ -148,7 +147,11 @@ pub fn allocate(p: &Program, sched: &Schedule) -> Result<Allocation, LowerError>
         if !matches!(p.reg(dst).kind, RegKind::Work) {
             return Err(LowerError::Unsupported {
                 at: p.location(op.span),
-                msg: format!("`{}` writes the built-in input `{}`", op.text, p.reg(dst).name),
+                msg: format!(
+                    "`{}` writes the built-in input `{}`",
+                    op.text,
+                    p.reg(dst).name
+                ),
             });
         }
         let (wf, wl) = schedule::writes(&op.kind);
@@ -271,7 +274,11 @@ pub fn allocate(p: &Program, sched: &Schedule) -> Result<Allocation, LowerError>
         }
     }
     let mut top = occ.rows.len().max(next_fixed);
-    let payload = if p.ops.iter().any(|o| matches!(o.kind, crate::ir::OpKind::Div { .. })) {
+    let payload = if p
+        .ops
+        .iter()
+        .any(|o| matches!(o.kind, crate::ir::OpKind::Div { .. }))
+    {
         top += 2;
         Some([top - 2, top - 1])
     } else {

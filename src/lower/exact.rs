@@ -270,12 +270,12 @@ pub fn compile(p: &Program, opts: &LowerOptions) -> Result<Compiled, LowerError>
                     attn_owner.push((k, Some(h), OpPart::Whole));
                 }
                 OpKind::Div { dst, .. } => {
-                    let dv = divs
-                        .iter()
-                        .find(|d| d.op == k)
-                        .ok_or_else(|| LowerError::Internal {
-                            msg: format!("no division constants for op {k}"),
-                        })?;
+                    let dv =
+                        divs.iter()
+                            .find(|d| d.op == k)
+                            .ok_or_else(|| LowerError::Internal {
+                                msg: format!("no division constants for op {k}"),
+                            })?;
                     div_here = Some(dv);
                     let [p1, p2] = alloc.payload.ok_or_else(|| LowerError::Internal {
                         msg: "division without payload rows".into(),
@@ -324,7 +324,10 @@ pub fn compile(p: &Program, opts: &LowerOptions) -> Result<Compiled, LowerError>
                             let out = d0 + i * sb.cols + c;
                             for j in 0..sa.cols {
                                 units.push(Unit {
-                                    gate: Form::one(a0 + operand_index(ra, a.transposed, i, j), 1.0),
+                                    gate: Form::one(
+                                        a0 + operand_index(ra, a.transposed, i, j),
+                                        1.0,
+                                    ),
                                     gate_bias: 0.0,
                                     up: Form::one(b0 + operand_index(rb, b.transposed, j, c), 1.0),
                                     up_bias: 0.0,
@@ -537,7 +540,10 @@ fn output_row(p: &Program, alloc: &Allocation) -> Result<usize, LowerError> {
     if !reg.shape.is_scalar() {
         return Err(LowerError::Unsupported {
             at: p.location(reg.span),
-            msg: format!("the output `{}` is a {}, expected a scalar", reg.name, reg.shape),
+            msg: format!(
+                "the output `{}` is a {}, expected a scalar",
+                reg.name, reg.shape
+            ),
         });
     }
     match reg.kind {
@@ -732,13 +738,15 @@ fn build_layout(
         } else {
             w.last_read_block
         };
-        let pl = placements.entry(w.reg).or_insert_with(|| RegisterPlacement {
-            name: r.name.clone(),
-            shape: [r.shape.rows, r.shape.cols],
-            rows: [w.row, w.row + size],
-            written: Some(w.written_block),
-            last_read: None,
-        });
+        let pl = placements
+            .entry(w.reg)
+            .or_insert_with(|| RegisterPlacement {
+                name: r.name.clone(),
+                shape: [r.shape.rows, r.shape.cols],
+                rows: [w.row, w.row + size],
+                written: Some(w.written_block),
+                last_read: None,
+            });
         pl.last_read = pl.last_read.max(last_read);
         let until = last_read.unwrap_or(w.written_block);
         for e in 0..size {

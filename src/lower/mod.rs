@@ -15,9 +15,7 @@ pub use exact::{compile, Compiled, DivReport, LowerOptions, Stats};
 pub enum LowerError {
     #[error("{at}: cannot lower: {msg}")]
     Unsupported { at: String, msg: String },
-    #[error(
-        "{at}: cannot choose the LayerNorm division constant for `{op}`: {msg}"
-    )]
+    #[error("{at}: cannot choose the LayerNorm division constant for `{op}`: {msg}")]
     Division { at: String, op: String, msg: String },
     #[error("range analysis failed: {0}")]
     Ranges(#[from] crate::ranges::RangeError),

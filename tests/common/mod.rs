@@ -323,7 +323,12 @@ pub fn forward(cfg: &ModelConfig, w: &NamedTensors, tokens: &[Vec<f64>]) -> Vec<
                     }
                 }
                 let y = matvec(&wo, &o);
-                out.push(y.iter().zip(&bo.data).map(|(a, b)| a + b).collect::<Vec<f64>>());
+                out.push(
+                    y.iter()
+                        .zip(&bo.data)
+                        .map(|(a, b)| a + b)
+                        .collect::<Vec<f64>>(),
+                );
             }
             for t in 0..t_n {
                 for r in 0..width {
