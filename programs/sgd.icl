@@ -15,7 +15,7 @@
 param d = 4
 param n = 8
 param alpha = 0.01
-param lambda = 0
+param lambda = 0.0                # real (not integer), so it can be overridden with any λ
 param xmax = 6
 param ymax = 50
 

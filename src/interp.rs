@@ -21,6 +21,10 @@
 //! The interpreter is generic over [`Scalar`]: `f64` (fast, used by proptests and validation) and
 //! `BigRational` (exact: each f64 constant and input converts to its exact rational value).
 
+// An error carries everything a message needs (texts, locations, the value); errors are the cold
+// path, so the size of `Result` does not matter here.
+#![allow(clippy::result_large_err)]
+
 use crate::ir::{self, Bound, OpKind, Program, RegKind};
 use crate::prompt::Prompt;
 use num_bigint::BigInt;

@@ -33,7 +33,7 @@ impl Solver {
             Solver::Ols => "ols".into(),
             Solver::Ridge { lambda } => format!("ridge({lambda})"),
             Solver::Gd { alpha } => format!("gd({alpha})"),
-            Solver::Sgd { alpha, lambda } if lambda == 0.0 => format!("sgd({alpha})"),
+            Solver::Sgd { alpha, lambda: 0.0 } => format!("sgd({alpha})"),
             Solver::Sgd { alpha, lambda } => format!("sgd({alpha},{lambda})"),
             Solver::Knn { k, weighted: false } => format!("knn({k})"),
             Solver::Knn { k, weighted: true } => format!("knn({k},weighted)"),

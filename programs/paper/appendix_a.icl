@@ -36,7 +36,7 @@ reg out: scalar @ 3 + 3*d         # the paper reuses row 3+3d for the output (gl
 reg xm: vec[d] @ 3 + 4*d          # deviation: the moved x (see above)
 
 mov xm <- x from prev             # step 1: x₁ into column 1
-aff yhat <- w0 * xm               # step 2: W1 = w₀ᵀ
+aff yhat <- w0^T * xm             # step 2: W1 = w₀ᵀ
 aff r <- yhat - y                 # step 3
 mul g <- xm * r                   # step 4: mul (d,1,1)
 aff w <- w0                       # step 5: bias = w₀

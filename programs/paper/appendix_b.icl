@@ -14,8 +14,9 @@
 #   7 and 11 read xm where the paper reads rows 1..1+d of column 1.
 # - Step 8 is in place in the paper (row 1+4d+2D). An assumption holds after *every* write of a
 #   register, and the denominator's `>= 1` does not hold for step 7's value xᵀA₀⁻¹x, so step 8
-#   writes a separate register den pinned to the same row.
-# - Steps 13/14: w′ reaches column 2 from column 1; columns 0 gets 0, so the output at x̃_1 is 0.
+#   writes a separate register den. It cannot share s's row either: s is still read by the
+#   operation that writes den, so both are live there; den is pinned above the paper's rows.
+# - Steps 13/14: w′ reaches column 2 from column 1; column 0 gets 0, so the output at x̃_1 is 0.
 
 param d = 3
 param n = 1
@@ -33,7 +34,7 @@ reg u: vec[d] @ 1 + 2*d + D                # A₀⁻¹x
 reg v: mat[1, d] @ 1 + 3*d + D             # xᵀA₀⁻¹ (a row)
 reg O: mat[d, d] @ 1 + 4*d + D             # outer product A₀⁻¹x xᵀA₀⁻¹
 reg s: scalar @ 1 + 4*d + 2*D              # xᵀA₀⁻¹x
-reg den: scalar @ 1 + 4*d + 2*D            # 1 + xᵀA₀⁻¹x (same row as s; see deviations)
+reg den: scalar @ 3 + 6*d + 3*D            # 1 + xᵀA₀⁻¹x (deviation: own row, see above)
 reg q: mat[d, d] @ 2 + 4*d + 2*D           # correction term
 reg z: vec[d] @ 2 + 4*d + 3*D              # A₁⁻¹x, then w′ = A₁⁻¹x y in place
 reg out: scalar @ 2 + 5*d + 3*D            # w′ᵀx₂

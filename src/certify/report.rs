@@ -1,0 +1,153 @@
+//! `certificate.json` types (docs/FORMATS.md): written by `emit` from [`super::certify_model`]'s
+//! result (plus the validation figures), read back by `icl check`.
+
+use crate::model::config::DType;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::collections::BTreeMap;
+
+pub const CERTIFICATE_FORMAT: &str = "icl-certificate/1";
+
+/// A double that may be infinite: JSON has no ∞, so ±∞ (and NaN) are written as the strings
+/// `"inf"`, `"-inf"` (`"nan"`); finite values as numbers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ExtF64(pub f64);
+
+impl Serialize for ExtF64 {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let x = self.0;
+        if x.is_finite() {
+            s.serialize_f64(x)
+        } else if x.is_nan() {
+            s.serialize_str("nan")
+        } else if x > 0.0 {
+            s.serialize_str("inf")
+        } else {
+            s.serialize_str("-inf")
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ExtF64 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(f64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(x) => Ok(ExtF64(x)),
+            Raw::S(s) => match s.as_str() {
+                "inf" => Ok(ExtF64(f64::INFINITY)),
+                "-inf" => Ok(ExtF64(f64::NEG_INFINITY)),
+                "nan" => Ok(ExtF64(f64::NAN)),
+                other => Err(serde::de::Error::custom(format!(
+                    "expected a number, \"inf\", \"-inf\" or \"nan\", found \"{other}\""
+                ))),
+            },
+        }
+    }
+}
+
+/// The program a compiled model was built from: enough to rebuild the `ir::Program`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgramRecord {
+    /// File name as given (used in `file:line:col`).
+    pub name: String,
+    /// Full source text.
+    pub source: String,
+    /// `--set` overrides as given: (`name`, `value text`).
+    pub overrides: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssumptionRecord {
+    pub text: String,
+    pub at: String,
+    pub register: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The layer's function equals its operations' semantics for all inputs.
+    Exact,
+    /// Equal up to a stated relative error on the division's result, over the program's ranges.
+    Bounded,
+}
+
+/// A value recorded among a layer's ranges: an interval, or a single bound.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RangeValue {
+    Interval([ExtF64; 2]),
+    Value(ExtF64),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerCertificate {
+    pub index: usize,
+    /// The operations the layer carries, e.g. `attn: mov xp <- x from prev (ridge.icl:12:1)`.
+    pub ops: Vec<String>,
+    pub verdict: Verdict,
+    /// For `bounded`: the relative error bound on the division's result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relative_error: Option<f64>,
+    /// Ranges the bound relies on (empty for `exact`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ranges: BTreeMap<String, RangeValue>,
+    /// Assumptions the bound relies on (source text).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub assumptions: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndToEnd {
+    /// Bound on |model output − program output| at every x̃ column (∞ when no finite bound
+    /// could be derived from the ranges).
+    pub bound: ExtF64,
+    pub kind: String,
+}
+
+/// Measured errors of the model against the interpreter and the solver (filled by `icl-compile`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationFigures {
+    pub max_abs_vs_interp: f64,
+    pub max_rel_vs_solver: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Validation {
+    pub prompts: usize,
+    pub seed: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub f64: Option<ValidationFigures>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub f32: Option<ValidationFigures>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Certificate {
+    /// Always `icl-certificate/1`.
+    pub format: String,
+    pub program: ProgramRecord,
+    pub dtype: DType,
+    /// Range of every input the program reads (hull over every prompt the assumptions allow).
+    pub input_ranges: BTreeMap<String, [ExtF64; 2]>,
+    pub assumptions: Vec<AssumptionRecord>,
+    pub layers: Vec<LayerCertificate>,
+    /// `exact` when every layer is, else `bounded`.
+    pub verdict: Verdict,
+    pub end_to_end: EndToEnd,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<Validation>,
+}
