@@ -9,6 +9,12 @@ pub const LAYOUT_FORMAT: &str = "icl-layout/1";
 /// Half-open row range `[start, end)`.
 pub type Rows = [usize; 2];
 
+/// Where one register lives. Each register of the program is placed once (all its live ranges —
+/// write to last read before the next write — use these rows), but the rows are not reserved for
+/// it: between its live ranges, and before its first write or after its last read, other
+/// registers may occupy them (the compiler reuses the rows of dead registers). `rows` below lists
+/// every occupant of every row with the layers it is live in. `written`/`last_read` span the
+/// register's whole life; the output's `last_read` is the last layer (the read-out follows it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterPlacement {

@@ -9,12 +9,15 @@
 
 pub mod certify;
 pub mod check;
+pub mod emit;
 pub mod eval;
 pub mod front;
 pub mod interp;
 pub mod ir;
 pub mod layout;
+pub mod lower;
 pub mod model;
+pub mod pipeline;
 pub mod prompt;
 pub mod ranges;
 pub mod solvers;

@@ -1,0 +1,418 @@
+//! The `icl-compile` pipeline: load → lower → certify → validate → write (DESIGN §1, §4.3, §5).
+//!
+//! - **Load**: the checked program (front end + checker).
+//! - **Lower**: `lower::exact` in the requested dtype.
+//! - **Certify**: the per-layer translation validation, run on the files exactly as they will be
+//!   written (the bytes are written to a scratch folder and read back by the checker).
+//! - **Validate**: K prompts (seeded) through the Candle model in f64 and in f32 — each from its
+//!   own compile in that dtype, since the division constant is chosen per dtype — compared with
+//!   the interpreter and, when the program is a known learner, with its solver.
+//! - **Write**: the four files, atomically.
+//!
+//! **Which solver.** A program names its solver with a comment line `# solver: NAME` where NAME
+//! is `ridge`, `gd`, `sgd` or `none`; without one, the program's file stem decides (`ridge`,
+//! `ridge_elim` → ridge; `gd` → gd; `sgd` → sgd; anything else → none). Parameters come from the
+//! program: ridge uses `lambda`, gd `alpha`, sgd `alpha` and `lambda` (0 if absent).
+//!
+//! **Relative error** against the solver is `|model − solver| / max(|solver|, 1)` (an absolute
+//! error where the prediction is below 1 in magnitude, e.g. the 0 prediction from no examples),
+//! maximised over prompts and x̃ columns.
+
+use crate::ir::{ParamValue, Program};
+use crate::lower::{self, Compiled, LowerOptions};
+use crate::model::config::DType;
+use crate::prompt::{Prompt, PromptDistribution};
+use crate::solvers::Solver;
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Options of one compile.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Dtype of the written weights.
+    pub dtype: DType,
+    /// `cpu` or `cuda` (validation only).
+    pub device: String,
+    /// Number of validation prompts (0: skip validation).
+    pub prompts: usize,
+    pub seed: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            dtype: DType::F64,
+            device: "cpu".into(),
+            prompts: 64,
+            seed: 0,
+        }
+    }
+}
+
+/// Measured errors of one dtype's model.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Errors {
+    pub max_abs_vs_interp: f64,
+    /// Against the interpreter, relative: `|model − interp| / max(|interp|, 1)`.
+    pub max_rel_vs_interp: f64,
+    /// Against the solver (see the module comment), when the program is a known learner.
+    pub max_rel_vs_solver: Option<f64>,
+    /// The interpreter against the solver (how far the program itself is from the solver).
+    pub interp_rel_vs_solver: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValidationReport {
+    pub prompts: usize,
+    pub seed: u64,
+    pub device: String,
+    pub solver: Option<String>,
+    pub f64: Errors,
+    pub f32: Errors,
+}
+
+/// The solver a program is compared with (module comment).
+pub fn solver_for(p: &Program) -> Result<Option<Solver>> {
+    let named = p.source.text.lines().find_map(|l| {
+        l.trim()
+            .strip_prefix('#')
+            .map(str::trim)
+            .and_then(|l| l.strip_prefix("solver:"))
+            .map(|s| s.trim().to_string())
+    });
+    let stem = Path::new(&p.source.name)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let kind = named.unwrap_or(match stem.as_str() {
+        "ridge" | "ridge_elim" => "ridge".into(),
+        "gd" => "gd".into(),
+        "sgd" => "sgd".into(),
+        _ => "none".into(),
+    });
+    let param = |name: &str| -> Option<f64> {
+        match p.params.get(name)? {
+            ParamValue::Int(i) => Some(*i as f64),
+            ParamValue::Real(r) => Some(*r),
+            ParamValue::Tensor { .. } => None,
+        }
+    };
+    let need = |name: &str| {
+        param(name).ok_or_else(|| {
+            anyhow!(
+                "{}: the {kind} solver needs a scalar parameter `{name}`",
+                p.source.name
+            )
+        })
+    };
+    Ok(match kind.as_str() {
+        "ridge" => Some(Solver::Ridge {
+            lambda: need("lambda")?,
+        }),
+        "gd" => Some(Solver::Gd {
+            alpha: need("alpha")?,
+        }),
+        "sgd" => Some(Solver::Sgd {
+            alpha: need("alpha")?,
+            lambda: param("lambda").unwrap_or(0.0),
+        }),
+        "none" => None,
+        other => bail!(
+            "{}: `# solver: {other}`: unknown solver (expected ridge, gd, sgd or none)",
+            p.source.name
+        ),
+    })
+}
+
+/// Largest `|a − b| / max(|b|, 1)` and `|a − b|` over all prompts and columns.
+pub fn max_errors(model: &[Vec<f64>], reference: &[Vec<f64>]) -> (f64, f64) {
+    let mut rel: f64 = 0.0;
+    let mut abs: f64 = 0.0;
+    for (a, b) in model.iter().zip(reference) {
+        for (x, y) in a.iter().zip(b) {
+            let e = (x - y).abs();
+            // NaN counts as infinitely wrong.
+            let e = if e.is_nan() { f64::INFINITY } else { e };
+            abs = abs.max(e);
+            rel = rel.max(e / y.abs().max(1.0));
+        }
+    }
+    (abs, rel)
+}
+
+/// Validation prompts: x ~ N(0, I), w ~ N(0, I), noiseless (DESIGN §6), seeded.
+pub fn validation_prompts(p: &Program, count: usize, seed: u64) -> Vec<Prompt> {
+    PromptDistribution::new(p.d, p.n).sample_batch(count, seed)
+}
+
+/// Compare a model's predictions with the interpreter and the solver.
+pub fn errors(model: &[Vec<f64>], interp: &[Vec<f64>], solver: Option<&[Vec<f64>]>) -> Errors {
+    let (abs, rel) = max_errors(model, interp);
+    Errors {
+        max_abs_vs_interp: abs,
+        max_rel_vs_interp: rel,
+        max_rel_vs_solver: solver.map(|s| max_errors(model, s).1),
+        interp_rel_vs_solver: solver.map(|s| max_errors(interp, s).1),
+    }
+}
+
+/// Lower `p` in `dtype`.
+pub fn lower(p: &Program, dtype: DType) -> Result<Compiled> {
+    lower::compile(p, &LowerOptions { dtype })
+        .with_context(|| format!("lowering {}", p.source.name))
+}
+
+/// Everything one compile produced.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub program: Program,
+    pub compiled: Compiled,
+    /// certificate.json as written.
+    pub certificate: serde_json::Value,
+    /// The certificate's verdict and end-to-end bound, for the summary.
+    pub verdict: String,
+    pub bound: Option<f64>,
+    pub validation: Option<ValidationReport>,
+}
+
+/// Load, lower, certify, validate and write (module comment).
+pub fn run(
+    program: &Path,
+    sets: &[(String, String)],
+    out: &Path,
+    opts: &Options,
+) -> Result<Outcome> {
+    let p = load(program, sets)?;
+    let compiled = lower(&p, opts.dtype)?;
+    let mut certificate = certificate_for(&p, &compiled)?;
+    let validation = if opts.prompts > 0 {
+        Some(validate(&p, &compiled, opts)?)
+    } else {
+        None
+    };
+    if let Some(v) = &validation {
+        record_validation(&mut certificate, v);
+    }
+    crate::emit::write_dir(out, &compiled, &certificate)
+        .with_context(|| format!("writing {}", out.display()))?;
+    let verdict = certificate
+        .get("verdict")
+        .and_then(|v| v.as_str())
+        .unwrap_or("unknown")
+        .to_string();
+    let bound = certificate
+        .pointer("/end_to_end/bound")
+        .and_then(|v| v.as_f64());
+    Ok(Outcome {
+        program: p,
+        compiled,
+        certificate,
+        verdict,
+        bound,
+        validation,
+    })
+}
+
+/// Load and check a program file.
+pub fn load(program: &Path, sets: &[(String, String)]) -> Result<Program> {
+    // The front end (branch `front`) is wired here once it has landed.
+    let _ = sets;
+    bail!(
+        "{}: the front end is not available in this build",
+        program.display()
+    )
+}
+
+/// Run the validation prompts through the model of `compiled` (and of the other dtype's compile).
+pub fn validate(p: &Program, compiled: &Compiled, opts: &Options) -> Result<ValidationReport> {
+    let prompts = validation_prompts(p, opts.prompts, opts.seed);
+    let interp = crate::interp::run_batch_f64(p, &prompts).map_err(|e| {
+        anyhow!(
+            "the interpreter rejects a validation prompt (seed {}): {e}",
+            opts.seed
+        )
+    })?;
+    let solver = solver_for(p)?;
+    let solved = solver.map(|s| crate::solvers::predict_batch(&s, &prompts));
+    let by_dtype = |dt: DType| -> Result<Errors> {
+        let other;
+        let c = if dt == compiled.config.dtype {
+            compiled
+        } else {
+            other = lower(p, dt)?;
+            &other
+        };
+        let pred = run_model(c, &prompts, &opts.device)
+            .with_context(|| format!("running the {} model", dt.name()))?;
+        Ok(errors(&pred, &interp, solved.as_deref()))
+    };
+    Ok(ValidationReport {
+        prompts: opts.prompts,
+        seed: opts.seed,
+        device: opts.device.clone(),
+        solver: solver.map(|s| s.name()),
+        f64: by_dtype(DType::F64)?,
+        f32: by_dtype(DType::F32)?,
+    })
+}
+
+/// The Candle model of a compile, with the weights exactly as stored in the compile's dtype
+/// (serialized and read back, so f32 rounding is the file's).
+pub fn build_model(c: &Compiled, device: &str) -> Result<crate::model::Transformer> {
+    let dev = crate::model::parse_device(device)?;
+    let stored = stored_tensors(c)?;
+    Ok(crate::model::Transformer::from_named(
+        c.config.clone(),
+        &stored,
+        &dev,
+        c.config.dtype,
+        false,
+    )?)
+}
+
+/// The tensors as `model.safetensors` holds them (rounded to the dtype, widened back to f64).
+pub fn stored_tensors(c: &Compiled) -> Result<crate::tensors::NamedTensors> {
+    let bytes = crate::tensors::to_bytes(&c.tensors, c.config.dtype);
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow!("re-reading the serialized weights: {e}"))?;
+    let mut out = crate::tensors::NamedTensors::new();
+    for (name, view) in st.tensors() {
+        let data: Vec<f64> = match view.dtype() {
+            safetensors::Dtype::F64 => view
+                .data()
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .collect(),
+            _ => view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")) as f64)
+                .collect(),
+        };
+        out.insert(
+            name,
+            crate::tensors::RawTensor {
+                shape: view.shape().to_vec(),
+                data,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Predictions at every x̃ column of the Candle model of a compile (see [`build_model`]).
+pub fn run_model(c: &Compiled, prompts: &[Prompt], device: &str) -> Result<Vec<Vec<f64>>> {
+    Ok(build_model(c, device)?.predict_prompts(prompts)?)
+}
+
+/// certificate.json for a compile. Until the certifier (branch `certify`) is wired in, this
+/// records what the compiler knows, with the verdict `unchecked`.
+pub fn certificate_for(p: &Program, c: &Compiled) -> Result<serde_json::Value> {
+    let layers: Vec<serde_json::Value> = c
+        .divs
+        .iter()
+        .map(|d| {
+            serde_json::json!({
+                "index": d.layer,
+                "ops": [format!("div: {} ({})", d.text, d.at)],
+                "relative_error": d.relative_error,
+                "ranges": { d.den.clone(): d.den_abs, "R": d.r_max },
+                "note": format!("LayerNorm division, payload {}·{}", d.payload_scale, d.den),
+            })
+        })
+        .collect();
+    Ok(serde_json::json!({
+        "format": "icl-certificate/1",
+        "program": { "name": p.source.name, "source": p.source.text, "overrides": p.overrides },
+        "dtype": c.config.dtype,
+        "verdict": "unchecked",
+        "division_layers": layers,
+    }))
+}
+
+fn record_validation(cert: &mut serde_json::Value, v: &ValidationReport) {
+    let fig = |e: &Errors| {
+        serde_json::json!({
+            "max_abs_vs_interp": e.max_abs_vs_interp,
+            "max_rel_vs_solver": e.max_rel_vs_solver.unwrap_or(0.0),
+        })
+    };
+    if let Some(obj) = cert.as_object_mut() {
+        obj.insert(
+            "validation".into(),
+            serde_json::json!({
+                "prompts": v.prompts, "seed": v.seed, "f64": fig(&v.f64), "f32": fig(&v.f32),
+            }),
+        );
+    }
+}
+
+/// The summary `icl-compile` prints.
+pub fn summary(o: &Outcome, dir: &Path) -> String {
+    use std::fmt::Write as _;
+    let s = &o.compiled.stats;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} (d={}, n={}) → {} [{}]",
+        o.program.source.name,
+        o.program.d,
+        o.program.n,
+        dir.display(),
+        o.compiled.config.dtype.name()
+    );
+    let _ = writeln!(
+        out,
+        "  layers {} (one layer per primitive: {}; {:.2} per example), width {}, parameters {} \
+         ({} non-zero), max heads {}, max hidden {}",
+        s.layers,
+        s.primitives,
+        s.layers as f64 / o.program.n.max(1) as f64,
+        s.width,
+        s.parameters,
+        s.nonzero,
+        s.max_heads,
+        s.max_hidden
+    );
+    for d in &o.compiled.divs {
+        let _ = writeln!(
+            out,
+            "  layer {}: {} — payload P = 2^{}, relative error ≤ {:.3e}",
+            d.layer,
+            d.text,
+            d.payload_scale.log2(),
+            d.relative_error
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  certificate: {}{}",
+        o.verdict,
+        o.bound
+            .map(|b| format!(", end-to-end bound {b:.3e} (absolute, on the output)"))
+            .unwrap_or_default()
+    );
+    if let Some(v) = &o.validation {
+        let _ = writeln!(
+            out,
+            "  validation: {} prompts (seed {}, {}), solver {}",
+            v.prompts,
+            v.seed,
+            v.device,
+            v.solver.as_deref().unwrap_or("none")
+        );
+        for (name, e) in [("f64", &v.f64), ("f32", &v.f32)] {
+            let _ = writeln!(
+                out,
+                "    {name}: max |model − interp| {:.3e} (rel {:.3e}){}",
+                e.max_abs_vs_interp,
+                e.max_rel_vs_interp,
+                e.max_rel_vs_solver
+                    .map(|r| format!(", max rel vs solver {r:.3e}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    out
+}
