@@ -28,6 +28,15 @@ enum Command {
     Train(TrainArgs),
     /// Evaluate a model directory (trained or compiled) against OLS, ridge and the zero predictor.
     Eval(EvalArgs),
+    /// Re-certify a compiled model directory from its files alone (exit 1 naming the layer and
+    /// the operation when a layer does not do what its operation says).
+    Check(CheckArgs),
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// A model directory written by icl-compile.
+    dir: PathBuf,
 }
 
 #[derive(Args)]
@@ -80,11 +89,30 @@ fn main() {
     let result = match cli.command {
         Command::Train(a) => cmd_train(a),
         Command::Eval(a) => cmd_eval(a),
+        Command::Check(a) => cmd_check(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn cmd_check(a: CheckArgs) -> Result<()> {
+    let cert = icl::certify::run_check(&a.dir)?;
+    let bounded = cert
+        .layers
+        .iter()
+        .filter(|l| !matches!(l.verdict, icl::certify::Verdict::Exact))
+        .count();
+    println!(
+        "{}: certified: {} layers, {} exact, {} bounded; end-to-end bound {:e} on the output",
+        a.dir.display(),
+        cert.layers.len(),
+        cert.layers.len() - bounded,
+        bounded,
+        cert.end_to_end.bound.0
+    );
+    Ok(())
 }
 
 fn cmd_train(a: TrainArgs) -> Result<()> {
