@@ -240,6 +240,9 @@ fn as_operand(e: &Expr) -> Option<(&str, bool, Span)> {
 /// summand, source shape after transposition).
 type RawTerm = (f64, Coef, usize, bool, Span, Option<Shape>);
 
+/// A summand read as (coefficient expression, operand (name, transposed, span), `REG / c`).
+type TermForm<'e> = (Option<&'e Expr>, Option<(&'e str, bool, Span)>, bool);
+
 /// A coefficient or bias before expansion.
 enum Coef {
     Scalar(f64),
@@ -1429,26 +1432,25 @@ impl<'a> Checker<'a> {
                 continue;
             }
             // Forms: REG, REG^T, COEF * REG, REG * c, REG / c (COEF, c constant).
-            let (coef_expr, opnd, inverse): (Option<&Expr>, Option<(&str, bool, Span)>, bool) =
-                match &e.kind {
-                    _ if as_operand(e).is_some() => (None, as_operand(e), false),
-                    ExprKind::Bin(BinOp::Mul, c, r)
-                        if !has_name(c, &is_reg) && as_operand(r).is_some() =>
-                    {
-                        (Some(&**c), as_operand(r), false)
-                    }
-                    ExprKind::Bin(BinOp::Mul, r, c)
-                        if !has_name(c, &is_reg) && as_operand(r).is_some() =>
-                    {
-                        (Some(&**c), as_operand(r), false)
-                    }
-                    ExprKind::Bin(BinOp::Div, r, c)
-                        if !has_name(c, &is_reg) && as_operand(r).is_some() =>
-                    {
-                        (Some(&**c), as_operand(r), true)
-                    }
-                    _ => (None, None, false),
-                };
+            let (coef_expr, opnd, inverse): TermForm<'_> = match &e.kind {
+                _ if as_operand(e).is_some() => (None, as_operand(e), false),
+                ExprKind::Bin(BinOp::Mul, c, r)
+                    if !has_name(c, &is_reg) && as_operand(r).is_some() =>
+                {
+                    (Some(&**c), as_operand(r), false)
+                }
+                ExprKind::Bin(BinOp::Mul, r, c)
+                    if !has_name(c, &is_reg) && as_operand(r).is_some() =>
+                {
+                    (Some(&**c), as_operand(r), false)
+                }
+                ExprKind::Bin(BinOp::Div, r, c)
+                    if !has_name(c, &is_reg) && as_operand(r).is_some() =>
+                {
+                    (Some(&**c), as_operand(r), true)
+                }
+                _ => (None, None, false),
+            };
             let Some((rname, transposed, _)) = opnd else {
                 let mut d = Diagnostic::new(
                     "bad-aff-term",
@@ -1473,7 +1475,7 @@ impl<'a> Checker<'a> {
                     Some(v) => {
                         let c = to_coef(v.clone());
                         match (c, inverse) {
-                            (Some(Coef::Scalar(x)), true) if x == 0.0 => {
+                            (Some(Coef::Scalar(0.0)), true) => {
                                 let d = self.with_iter(
                                     Diagnostic::new(
                                         "const-arith",

@@ -80,7 +80,7 @@ fn reject_cases() -> Vec<Case> {
         with_sets(case("override_not_integer", TAIL, &["int-override"]), &[("n", "2.5")]),
         with_sets(case("override_twice", TAIL, &["duplicate-override"]), &[("n", "4"), ("n", "5")]),
         // ---- loops
-        case("empty_range", &format!("for i in 3..3 {{\n  mov o <- y from prev\n}}\noutput o\n"), &["empty-range", "use-before-write"]),
+        case("empty_range", "for i in 3..3 {\n  mov o <- y from prev\n}\noutput o\n", &["empty-range", "use-before-write"]),
         case("reversed_range", &format!("for i in 3..=1 {{\n  mov t <- y from prev\n}}\n{TAIL}"), &["empty-range"]),
         case("too_large", &format!("for i in 1..=1000000 {{\n  mov t <- y from prev\n}}\n{TAIL}"), &["too-large"]),
         // ---- use before write

@@ -482,6 +482,8 @@ impl<'t> Parser<'t> {
         Ok(())
     }
 
+    /// One expression; on error the diagnostic is in `errs`.
+    #[allow(clippy::result_unit_err)]
     pub fn expr(&mut self) -> PResult<Expr> {
         self.enter()?;
         let r = self.expr_inner();
