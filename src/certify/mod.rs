@@ -150,11 +150,12 @@ pub fn load_dir(dir: &Path) -> anyhow::Result<ModelDir> {
 /// Rebuild the program a model directory was compiled from (its `certificate.json` source and
 /// overrides), through the front end and the static checker.
 pub fn rebuild_program(rec: &ProgramRecord) -> anyhow::Result<Program> {
-    // The front end's entry point (branch `front`) is wired here once it has landed.
-    anyhow::bail!(
-        "cannot rebuild `{}`: the front end (`check::load_program`) is not available in this build",
-        rec.name
-    )
+    crate::check::load_program(&rec.name, &rec.source, &rec.overrides).map_err(|d| {
+        anyhow::anyhow!(
+            "certificate.json: the recorded program does not check:\n{}",
+            d.render()
+        )
+    })
 }
 
 /// `icl check DIR`: re-certify a compiled model directory from its files. Errors name the layer
