@@ -359,14 +359,20 @@ pub fn summary(o: &Outcome, dir: &Path) -> String {
         s.max_heads,
         s.max_hidden
     );
-    for d in &o.compiled.divs {
+    if let Some(worst) = o
+        .compiled
+        .divs
+        .iter()
+        .max_by(|a, b| a.relative_error.total_cmp(&b.relative_error))
+    {
         let _ = writeln!(
             out,
-            "  layer {}: {} — payload P = 2^{}, relative error ≤ {:.3e}",
-            d.layer,
-            d.text,
-            d.payload_scale.log2(),
-            d.relative_error
+            "  {} LayerNorm divisions (e.g. layer {}: `{}`), payload P up to 2^{}, relative error ≤ {:.3e}",
+            o.compiled.divs.len(),
+            worst.layer,
+            worst.text,
+            o.compiled.divs.iter().map(|d| d.payload_scale.log2() as i64).max().unwrap_or(0),
+            worst.relative_error
         );
     }
     let _ = writeln!(
