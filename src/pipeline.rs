@@ -216,12 +216,7 @@ pub fn run(
 
 /// Load and check a program file.
 pub fn load(program: &Path, sets: &[(String, String)]) -> Result<Program> {
-    // The front end (branch `front`) is wired here once it has landed.
-    let _ = sets;
-    bail!(
-        "{}: the front end is not available in this build",
-        program.display()
-    )
+    crate::check::load_file(program, sets).map_err(|e| anyhow!("{e}"))
 }
 
 /// Run the validation prompts through the model of `compiled` (and of the other dtype's compile).
@@ -306,29 +301,18 @@ pub fn run_model(c: &Compiled, prompts: &[Prompt], device: &str) -> Result<Vec<V
     Ok(build_model(c, device)?.predict_prompts(prompts)?)
 }
 
-/// certificate.json for a compile. Until the certifier (branch `certify`) is wired in, this
-/// records what the compiler knows, with the verdict `unchecked`.
+/// certificate.json for a compile: the per-layer translation validation (`certify`) run on the
+/// weights exactly as stored (serialized in the dtype and read back), the config and the layout.
 pub fn certificate_for(p: &Program, c: &Compiled) -> Result<serde_json::Value> {
-    let layers: Vec<serde_json::Value> = c
-        .divs
-        .iter()
-        .map(|d| {
-            serde_json::json!({
-                "index": d.layer,
-                "ops": [format!("div: {} ({})", d.text, d.at)],
-                "relative_error": d.relative_error,
-                "ranges": { d.den.clone(): d.den_abs, "R": d.r_max },
-                "note": format!("LayerNorm division, payload {}·{}", d.payload_scale, d.den),
-            })
-        })
-        .collect();
-    Ok(serde_json::json!({
-        "format": "icl-certificate/1",
-        "program": { "name": p.source.name, "source": p.source.text, "overrides": p.overrides },
-        "dtype": c.config.dtype,
-        "verdict": "unchecked",
-        "division_layers": layers,
-    }))
+    let files = crate::certify::ModelFiles {
+        config: c.config.clone(),
+        tensors: stored_tensors(c)?,
+        dtype: c.config.dtype,
+        layout: c.layout.clone(),
+    };
+    let cert = crate::certify::certify_model(p, &files)
+        .map_err(|e| anyhow!("the certifier rejects the compiled model: {e}"))?;
+    Ok(serde_json::to_value(&cert)?)
 }
 
 fn record_validation(cert: &mut serde_json::Value, v: &ValidationReport) {
@@ -375,14 +359,20 @@ pub fn summary(o: &Outcome, dir: &Path) -> String {
         s.max_heads,
         s.max_hidden
     );
-    for d in &o.compiled.divs {
+    if let Some(worst) = o
+        .compiled
+        .divs
+        .iter()
+        .max_by(|a, b| a.relative_error.total_cmp(&b.relative_error))
+    {
         let _ = writeln!(
             out,
-            "  layer {}: {} — payload P = 2^{}, relative error ≤ {:.3e}",
-            d.layer,
-            d.text,
-            d.payload_scale.log2(),
-            d.relative_error
+            "  {} LayerNorm divisions (e.g. layer {}: `{}`), payload P up to 2^{}, relative error ≤ {:.3e}",
+            o.compiled.divs.len(),
+            worst.layer,
+            worst.text,
+            o.compiled.divs.iter().map(|d| d.payload_scale.log2() as i64).max().unwrap_or(0),
+            worst.relative_error
         );
     }
     let _ = writeln!(

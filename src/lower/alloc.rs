@@ -116,7 +116,11 @@ pub fn allocate(p: &Program, sched: &Schedule) -> Result<Allocation, LowerError>
     for (k, op) in p.ops.iter().enumerate() {
         let b = sched.block_of[k];
         let mut rw = Vec::new();
+        let is_div = matches!(op.kind, crate::ir::OpKind::Div { .. });
         for (reg, part) in schedule::reads(&op.kind) {
+            // A div's divisor stays live through the div's MLP half: the LayerNorm bound (and
+            // the certifier) reads its range there, so its rows are not reused in that attention.
+            let part = if is_div { schedule::Part::Mlp } else { part };
             let s = match part {
                 schedule::Part::Attn => schedule::attn_stage(b),
                 schedule::Part::Mlp => schedule::mlp_stage(b),
