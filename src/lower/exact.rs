@@ -349,7 +349,16 @@ pub fn compile(p: &Program, opts: &LowerOptions) -> Result<Compiled, LowerError>
                     let size = p.reg(*dst).shape.size();
                     let d0 = alloc.write_row(k);
                     for e in 0..size {
-                        let mut gate = Form::one(d0 + e, -1.0);
+                        // The −dst overwrite is its own unit: merging it into the gate would round
+                        // C − 1 when dst shares rows with a source (in place, or a reused row).
+                        units.push(Unit {
+                            gate: Form::one(d0 + e, -1.0),
+                            gate_bias: 0.0,
+                            up: Form::default(),
+                            up_bias: 1.0,
+                            down: d0 + e,
+                        });
+                        let mut gate = Form::default();
                         for (ti, term) in terms.iter().enumerate() {
                             let shape = p.operand_shape(term.src);
                             let rs = p.reg(term.src.reg).shape;
