@@ -192,7 +192,7 @@ impl TrainConfig {
         pos(o.batch, "train.batch")?;
         pos(o.checkpoint_every, "train.checkpoint_every")?;
         pos(o.log_every, "train.log_every")?;
-        if m.width % m.heads != 0 {
+        if !m.width.is_multiple_of(m.heads) {
             return Err(format!(
                 "field `model.heads`: {} heads do not divide width {} (head size = width / heads)",
                 m.heads, m.width

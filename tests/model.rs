@@ -109,6 +109,7 @@ fn gelu(x: f64, act: Activation) -> f64 {
     }
 }
 
+#[allow(clippy::needless_range_loop)] // index loops mirror the formulas
 fn reference_forward(c: &ModelConfig, t: &NamedTensors, tokens: &[Vec<f64>]) -> Vec<f64> {
     let tl = tokens.len();
     let ml = c.max_len;
