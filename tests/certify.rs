@@ -1013,3 +1013,56 @@ fn an_embedding_or_readout_change_is_rejected() {
     });
     assert!(msg.contains("readout"), "{msg}");
 }
+
+/// The checker on real compiler output: `icl check` accepts a fresh compile of ridge.icl and
+/// rejects one changed weight, naming the layer, and one mislabelled register in layout.json.
+#[test]
+fn real_compiled_ridge_is_accepted_and_corruptions_are_rejected() {
+    let program = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/programs/ridge.icl"));
+    let sets = [
+        ("d".to_string(), "2".to_string()),
+        ("n".to_string(), "3".to_string()),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ridge");
+    let opts = icl::pipeline::Options {
+        prompts: 0,
+        ..Default::default()
+    };
+    icl::pipeline::run(program, &sets, &out, &opts).unwrap();
+    icl::certify::run_check(&out).expect("the untouched compile is certified");
+
+    // One weight of the first MLP that multiplies: change a gate entry by one.
+    let st = out.join("model.safetensors");
+    let (mut t, dtype) = icl::tensors::load(&st).unwrap();
+    let (name, layer) = t
+        .keys()
+        .filter(|k| k.ends_with("mlp.gate.weight"))
+        .map(|k| {
+            (
+                k.clone(),
+                k.split('.').nth(1).unwrap().parse::<usize>().unwrap(),
+            )
+        })
+        .min_by_key(|(_, l)| *l)
+        .unwrap();
+    let w = t.get_mut(&name).unwrap();
+    let i = w.data.iter().position(|v| *v != 0.0).unwrap();
+    w.data[i] += 1.0;
+    icl::tensors::save(&st, &t, dtype).unwrap();
+    let err = icl::certify::run_check(&out).unwrap_err().to_string();
+    assert!(err.contains(&format!("layer {layer}")), "{err}");
+
+    // Restore the weights; then move a register in layout.json onto other rows.
+    icl::pipeline::run(program, &sets, &out, &opts).unwrap();
+    let lp = out.join("layout.json");
+    let mut layout: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&lp).unwrap()).unwrap();
+    let regs = layout["registers"].as_array_mut().unwrap();
+    let a = regs.iter().position(|r| r["name"] == "A").unwrap();
+    let rows = regs[a]["rows"].clone();
+    let (s, e) = (rows[0].as_u64().unwrap(), rows[1].as_u64().unwrap());
+    regs[a]["rows"] = serde_json::json!([s + 1, e + 1]);
+    std::fs::write(&lp, serde_json::to_string_pretty(&layout).unwrap()).unwrap();
+    assert!(icl::certify::run_check(&out).is_err());
+}
