@@ -25,11 +25,21 @@ fn bench_config(c: &mut Criterion, name: &str, cfg: train::TrainConfig) {
 
 fn benches(c: &mut Criterion) {
     let root = env!("CARGO_MANIFEST_DIR");
-    let tiny = train::load_config(std::path::Path::new(&format!("{root}/configs/tiny.toml")), &[]).expect("tiny.toml");
+    let tiny = train::load_config(
+        std::path::Path::new(&format!("{root}/configs/tiny.toml")),
+        &[],
+    )
+    .expect("tiny.toml");
     bench_config(c, "tiny.toml", tiny);
-    let sets: Vec<String> = ["model.layers=4", "model.width=128", "model.mlp_hidden=512"].iter().map(|s| s.to_string()).collect();
-    let paper_small =
-        train::load_config(std::path::Path::new(&format!("{root}/configs/paper.toml")), &sets).expect("paper.toml");
+    let sets: Vec<String> = ["model.layers=4", "model.width=128", "model.mlp_hidden=512"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let paper_small = train::load_config(
+        std::path::Path::new(&format!("{root}/configs/paper.toml")),
+        &sets,
+    )
+    .expect("paper.toml");
     bench_config(c, "paper_small(d8,n40,L4,W128,H4,B64)", paper_small);
 }
 

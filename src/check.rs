@@ -174,7 +174,9 @@ fn has_name(e: &Expr, pred: &dyn Fn(&str) -> bool) -> bool {
         ExprKind::Neg(a) | ExprKind::Transpose(a) => has_name(a, pred),
         ExprKind::Bin(_, a, b) => has_name(a, pred) || has_name(b, pred),
         ExprKind::List(items) | ExprKind::Call(_, items) => items.iter().any(|i| has_name(i, pred)),
-        ExprKind::Index(a, idx) => has_name(a, pred) || idx.iter().flatten().any(|i| has_name(i, pred)),
+        ExprKind::Index(a, idx) => {
+            has_name(a, pred) || idx.iter().flatten().any(|i| has_name(i, pred))
+        }
     }
 }
 
@@ -185,7 +187,15 @@ type IndexList<'e> = Option<&'e [Option<Expr>]>;
 /// summand, shape of the operand as written (after selection and transposition), selection).
 /// The selection lists the flat (row-major, untransposed) element indices of the register that
 /// the operand `S[i, :]` etc. picks, in the operand's row-major order, and the register's size.
-type PreTerm = (f64, Coef, usize, bool, Span, Option<Shape>, Option<(Vec<usize>, usize)>);
+type PreTerm = (
+    f64,
+    Coef,
+    usize,
+    bool,
+    Span,
+    Option<Shape>,
+    Option<(Vec<usize>, usize)>,
+);
 
 /// Splits an aff right-hand side into signed summands: `a - (b + 2)` → `+a, -b, -2`.
 fn summands<'e>(e: &'e Expr, sign: f64, out: &mut Vec<(f64, &'e Expr)>) {
@@ -1408,8 +1418,12 @@ impl<'a> Checker<'a> {
                 if f.name == "e" && !has_name(e, &is_reg) {
                     if args.len() != 1 {
                         let d = self.with_iter(
-                            Diagnostic::new("bad-unit", e.span, format!("`e(k)` takes one index, found {}", args.len()))
-                                .label("write `e(k)` with k an integer constant expression"),
+                            Diagnostic::new(
+                                "bad-unit",
+                                e.span,
+                                format!("`e(k)` takes one index, found {}", args.len()),
+                            )
+                            .label("write `e(k)` with k an integer constant expression"),
                         );
                         self.err(d);
                         ok = false;
@@ -1433,26 +1447,29 @@ impl<'a> Checker<'a> {
             // Forms: REG, REG^T, COEF * REG, REG * c, REG / c (COEF, c constant); REG may be
             // indexed (`S[i, :]`).
             #[allow(clippy::type_complexity)]
-            let (coef_expr, opnd, inverse): (Option<&Expr>, Option<(&str, bool, Span, IndexList)>, bool) =
-                match &e.kind {
-                    _ if as_operand(e).is_some() => (None, as_operand(e), false),
-                    ExprKind::Bin(BinOp::Mul, c, r)
-                        if !has_name(c, &is_reg) && as_operand(r).is_some() =>
-                    {
-                        (Some(&**c), as_operand(r), false)
-                    }
-                    ExprKind::Bin(BinOp::Mul, r, c)
-                        if !has_name(c, &is_reg) && as_operand(r).is_some() =>
-                    {
-                        (Some(&**c), as_operand(r), false)
-                    }
-                    ExprKind::Bin(BinOp::Div, r, c)
-                        if !has_name(c, &is_reg) && as_operand(r).is_some() =>
-                    {
-                        (Some(&**c), as_operand(r), true)
-                    }
-                    _ => (None, None, false),
-                };
+            let (coef_expr, opnd, inverse): (
+                Option<&Expr>,
+                Option<(&str, bool, Span, IndexList)>,
+                bool,
+            ) = match &e.kind {
+                _ if as_operand(e).is_some() => (None, as_operand(e), false),
+                ExprKind::Bin(BinOp::Mul, c, r)
+                    if !has_name(c, &is_reg) && as_operand(r).is_some() =>
+                {
+                    (Some(&**c), as_operand(r), false)
+                }
+                ExprKind::Bin(BinOp::Mul, r, c)
+                    if !has_name(c, &is_reg) && as_operand(r).is_some() =>
+                {
+                    (Some(&**c), as_operand(r), false)
+                }
+                ExprKind::Bin(BinOp::Div, r, c)
+                    if !has_name(c, &is_reg) && as_operand(r).is_some() =>
+                {
+                    (Some(&**c), as_operand(r), true)
+                }
+                _ => (None, None, false),
+            };
             let Some((rname, transposed, _, index)) = opnd else {
                 let mut d = Diagnostic::new(
                     "bad-aff-term",
@@ -1695,8 +1712,15 @@ impl<'a> Checker<'a> {
                 }
                 Coef::Unit(k) if dsh.cols == 1 => {
                     let d = self.with_iter(
-                        Diagnostic::new("index-range", *span, format!("index out of range: `e({k})` needs 0 <= k < {} (the size of `{}`)", dsh.rows, dst.name))
-                            .label(format!("k = {k}")),
+                        Diagnostic::new(
+                            "index-range",
+                            *span,
+                            format!(
+                                "index out of range: `e({k})` needs 0 <= k < {} (the size of `{}`)",
+                                dsh.rows, dst.name
+                            ),
+                        )
+                        .label(format!("k = {k}")),
                     );
                     self.err(d);
                     ok = false;
@@ -1745,7 +1769,13 @@ impl<'a> Checker<'a> {
     /// The selection `name[idx]` of a register of shape `rsh`: the selected shape and the flat
     /// (row-major) element indices, in the selection's row-major order. `v[i]` on a vector,
     /// `S[i, j]` / `S[i, :]` / `S[:, j]` / `S[:, :]` on any register (a vector is d×1).
-    fn select(&mut self, name: &str, rsh: Shape, idx: &[Option<Expr>], span: Span) -> Option<(Shape, Vec<usize>)> {
+    fn select(
+        &mut self,
+        name: &str,
+        rsh: Shape,
+        idx: &[Option<Expr>],
+        span: Span,
+    ) -> Option<(Shape, Vec<usize>)> {
         let axes: Vec<(usize, &Option<Expr>)> = match idx {
             [i] if rsh.cols == 1 => vec![(rsh.rows, i), (1, &None)],
             [i, j] => vec![(rsh.rows, i), (rsh.cols, j)],
@@ -1754,7 +1784,15 @@ impl<'a> Checker<'a> {
                     Diagnostic::new(
                         "bad-index",
                         span,
-                        format!("`{name}` is {rsh}: index it with {}, found {} index(es)", if rsh.cols == 1 { "`[i]` or `[i, j]`" } else { "`[i, j]` (each an integer or `:`)" }, idx.len()),
+                        format!(
+                            "`{name}` is {rsh}: index it with {}, found {} index(es)",
+                            if rsh.cols == 1 {
+                                "`[i]` or `[i, j]`"
+                            } else {
+                                "`[i, j]` (each an integer or `:`)"
+                            },
+                            idx.len()
+                        ),
                     )
                     .label("wrong number of indices"),
                 );
@@ -1783,7 +1821,10 @@ impl<'a> Checker<'a> {
         }
         let (rs, rkeep) = &pos[0];
         let (cs, ckeep) = &pos[1];
-        let flat = rs.iter().flat_map(|&r| cs.iter().map(move |&c| r * rsh.cols + c)).collect();
+        let flat = rs
+            .iter()
+            .flat_map(|&r| cs.iter().map(move |&c| r * rsh.cols + c))
+            .collect();
         let sh = match (rkeep, ckeep) {
             (true, true) => rsh,
             (true, false) => Shape::vec(rs.len()),
@@ -1793,11 +1834,7 @@ impl<'a> Checker<'a> {
         Some((sh, flat))
     }
 
-    fn infer_aff_shape(
-        &self,
-        terms: &[PreTerm],
-        biases: &[(f64, Coef, Span)],
-    ) -> Option<Shape> {
+    fn infer_aff_shape(&self, terms: &[PreTerm], biases: &[(f64, Coef, Span)]) -> Option<Shape> {
         for t in terms {
             if let (Coef::Scalar(_) | Coef::Identity(_), Some(sh)) = (&t.1, t.5) {
                 if !sh.is_scalar() {

@@ -94,7 +94,9 @@ pub fn evaluate(
         return Err(ModelError::Input("--prompts must be at least 1".into()));
     }
     if !(lambda.is_finite() && lambda > 0.0) {
-        return Err(ModelError::Input(format!("--lambda must be a positive number, found {lambda}")));
+        return Err(ModelError::Input(format!(
+            "--lambda must be a positive number, found {lambda}"
+        )));
     }
     if 2 * dist.n + 1 > model.config.max_len {
         return Err(ModelError::Input(format!(
@@ -107,7 +109,15 @@ pub fn evaluate(
     let prompts = dist.sample_batch(count, seed);
     let preds = model.predict_prompts(&prompts)?;
     let n = dist.n;
-    let mut rows: Vec<EvalRow> = (0..=n).map(|k| EvalRow { k, model: 0.0, ols: 0.0, ridge: 0.0, zero: 0.0 }).collect();
+    let mut rows: Vec<EvalRow> = (0..=n)
+        .map(|k| EvalRow {
+            k,
+            model: 0.0,
+            ols: 0.0,
+            ridge: 0.0,
+            zero: 0.0,
+        })
+        .collect();
     for (p, pr) in prompts.iter().zip(&preds) {
         for k in 0..=n {
             let y = p.ys[k];
@@ -125,7 +135,14 @@ pub fn evaluate(
         r.ridge /= c;
         r.zero /= c;
     }
-    Ok(EvalReport { prompts: count, seed, lambda, d: dist.d, n, rows })
+    Ok(EvalReport {
+        prompts: count,
+        seed,
+        lambda,
+        d: dist.d,
+        n,
+        rows,
+    })
 }
 
 impl EvalReport {
@@ -144,7 +161,10 @@ impl EvalReport {
             "zero"
         );
         for r in &self.rows {
-            s += &format!("{:>4}  {:>12.4e}  {:>12.4e}  {:>12.4e}  {:>12.4e}\n", r.k, r.model, r.ols, r.ridge, r.zero);
+            s += &format!(
+                "{:>4}  {:>12.4e}  {:>12.4e}  {:>12.4e}  {:>12.4e}\n",
+                r.k, r.model, r.ols, r.ridge, r.zero
+            );
         }
         s
     }

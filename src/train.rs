@@ -8,8 +8,8 @@
 
 use crate::eval;
 use crate::model::config::{
-    Activation, AttnConfig, DType, LayerConfig, MlpConfig, MlpKind, ModelConfig, ModelKind, MomentumConfig,
-    NormConfig, MODEL_FORMAT,
+    Activation, AttnConfig, DType, LayerConfig, MlpConfig, MlpKind, ModelConfig, ModelKind,
+    MomentumConfig, NormConfig, MODEL_FORMAT,
 };
 use crate::model::{self, ModelError, Transformer};
 use crate::prompt::{Prompt, PromptDistribution};
@@ -33,7 +33,11 @@ pub enum TrainError {
     #[error("{path}: {msg}")]
     Io { path: String, msg: String },
     #[error("loss is {loss} at step {step}: training stopped. {kept}")]
-    NonFinite { step: usize, loss: f64, kept: String },
+    NonFinite {
+        step: usize,
+        loss: f64,
+        kept: String,
+    },
     #[error("{0}")]
     Resume(String),
 }
@@ -41,7 +45,10 @@ pub enum TrainError {
 pub type Result<T> = std::result::Result<T, TrainError>;
 
 fn io_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
-    TrainError::Io { path: path.display().to_string(), msg: e.to_string() }
+    TrainError::Io {
+        path: path.display().to_string(),
+        msg: e.to_string(),
+    }
 }
 
 /// The task: prompts x ~ N(x_shift, x_scale² I_d), w ~ N(0, w_std² I_d), y = wᵀx + N(0, noise_std²).
@@ -169,7 +176,13 @@ impl TrainConfig {
         let t = &self.task;
         let m = &self.model;
         let o = &self.train;
-        let pos = |v: usize, f: &str| if v == 0 { Err(format!("field `{f}`: must be at least 1, found 0")) } else { Ok(()) };
+        let pos = |v: usize, f: &str| {
+            if v == 0 {
+                Err(format!("field `{f}`: must be at least 1, found 0"))
+            } else {
+                Ok(())
+            }
+        };
         pos(t.d, "task.d")?;
         pos(t.n, "task.n")?;
         pos(m.layers, "model.layers")?;
@@ -192,14 +205,19 @@ impl TrainConfig {
             if v.is_finite() && v >= 0.0 {
                 Ok(())
             } else {
-                Err(format!("field `{f}`: must be a finite number >= 0, found {v}"))
+                Err(format!(
+                    "field `{f}`: must be a finite number >= 0, found {v}"
+                ))
             }
         };
         finite_nonneg(t.w_std, "task.w_std")?;
         finite_nonneg(t.noise_std, "task.noise_std")?;
         finite_nonneg(t.x_scale, "task.x_scale")?;
         if !t.x_shift.is_finite() {
-            return Err(format!("field `task.x_shift`: must be finite, found {}", t.x_shift));
+            return Err(format!(
+                "field `task.x_shift`: must be finite, found {}",
+                t.x_shift
+            ));
         }
         finite_nonneg(m.ln_eps, "model.ln_eps")?;
         if m.ln_eps == 0.0 {
@@ -207,14 +225,21 @@ impl TrainConfig {
         }
         if let Some(eta) = m.momentum_eta {
             if !(eta.is_finite() && (0.0..1.0).contains(&eta)) {
-                return Err(format!("field `model.momentum_eta`: must be in [0, 1), found {eta}"));
+                return Err(format!(
+                    "field `model.momentum_eta`: must be in [0, 1), found {eta}"
+                ));
             }
             if m.momentum_learned {
-                return Err("fields `model.momentum_eta` and `model.momentum_learned`: choose one".into());
+                return Err(
+                    "fields `model.momentum_eta` and `model.momentum_learned`: choose one".into(),
+                );
             }
         }
         if !(o.lr.is_finite() && o.lr > 0.0) {
-            return Err(format!("field `train.lr`: must be a positive number, found {}", o.lr));
+            return Err(format!(
+                "field `train.lr`: must be a positive number, found {}",
+                o.lr
+            ));
         }
         finite_nonneg(o.weight_decay, "train.weight_decay")?;
         finite_nonneg(o.clip, "train.clip")?;
@@ -224,10 +249,16 @@ impl TrainConfig {
             }
         }
         if !(o.adam_eps.is_finite() && o.adam_eps > 0.0) {
-            return Err(format!("field `train.adam_eps`: must be > 0, found {}", o.adam_eps));
+            return Err(format!(
+                "field `train.adam_eps`: must be > 0, found {}",
+                o.adam_eps
+            ));
         }
         if !(0.0..1.0).contains(&o.warmup_frac) {
-            return Err(format!("field `train.warmup_frac`: must be in [0, 1), found {}", o.warmup_frac));
+            return Err(format!(
+                "field `train.warmup_frac`: must be in [0, 1), found {}",
+                o.warmup_frac
+            ));
         }
         Ok(())
     }
@@ -261,9 +292,18 @@ impl TrainConfig {
             zero_attn: false,
             momentum,
         };
-        let mlp = MlpConfig { kind: MlpKind::Gelu, hidden: m.mlp_hidden.unwrap_or(4 * m.width), activation: m.activation };
+        let mlp = MlpConfig {
+            kind: MlpKind::Gelu,
+            hidden: m.mlp_hidden.unwrap_or(4 * m.width),
+            activation: m.activation,
+        };
         let gpt2 = m.arch == Arch::Gpt2;
-        let layer = LayerConfig { attn_norm: gpt2.then_some(eps), attn: Some(attn), norm: Some(eps), mlp: Some(mlp) };
+        let layer = LayerConfig {
+            attn_norm: gpt2.then_some(eps),
+            attn: Some(attn),
+            norm: Some(eps),
+            mlp: Some(mlp),
+        };
         ModelConfig {
             format: MODEL_FORMAT.into(),
             kind: ModelKind::Trained,
@@ -286,14 +326,21 @@ impl TrainConfig {
 /// Parse a TOML training config and apply `field=value` overrides (dotted paths such as
 /// `model.layers=4` or `train.lr=3e-4`; the value is read as TOML, else as a string).
 pub fn parse_config(text: &str, path: &str, sets: &[String]) -> Result<TrainConfig> {
-    let cerr = |msg: String| TrainError::Config { path: path.into(), msg };
+    let cerr = |msg: String| TrainError::Config {
+        path: path.into(),
+        msg,
+    };
     let mut value: toml::Table = toml::from_str(text).map_err(|e| cerr(e.to_string()))?;
     for s in sets {
-        let (key, raw) = s.split_once('=').ok_or_else(|| cerr(format!("--set `{s}`: expected field=value")))?;
+        let (key, raw) = s
+            .split_once('=')
+            .ok_or_else(|| cerr(format!("--set `{s}`: expected field=value")))?;
         let key = key.trim();
         let parts: Vec<&str> = key.split('.').collect();
         if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
-            return Err(cerr(format!("--set `{s}`: expected a field as section.name (e.g. train.lr)")));
+            return Err(cerr(format!(
+                "--set `{s}`: expected a field as section.name (e.g. train.lr)"
+            )));
         }
         let v: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
             .ok()
@@ -390,14 +437,24 @@ impl AdamW {
     }
 
     /// One update with learning rate `lr`; gradients already clipped.
-    pub fn step(&mut self, model: &Transformer, grads: &candle_core::backprop::GradStore, lr: f64, o: &OptimConfig) -> Result<()> {
+    pub fn step(
+        &mut self,
+        model: &Transformer,
+        grads: &candle_core::backprop::GradStore,
+        lr: f64,
+        o: &OptimConfig,
+    ) -> Result<()> {
         self.t += 1;
         let bc1 = 1.0 - o.beta1.powi(self.t as i32);
         let bc2 = 1.0 - o.beta2.powi(self.t as i32);
-        let vars = model.varmap().ok_or_else(|| TrainError::Resume("internal: model is not trainable".into()))?;
+        let vars = model
+            .varmap()
+            .ok_or_else(|| TrainError::Resume("internal: model is not trainable".into()))?;
         let vars = vars.data().lock().expect("varmap lock");
         for (name, var) in vars.iter() {
-            let Some(g) = grads.get(var.as_tensor()) else { continue };
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
             let m = self.m.get_mut(name).expect("moment for every parameter");
             *m = ((&*m * o.beta1)? + (g * (1.0 - o.beta1))?)?;
             let v = self.v.get_mut(name).expect("moment for every parameter");
@@ -452,7 +509,12 @@ pub struct TrainSummary {
 }
 
 /// Targets at the x̃ columns [batch, n+1] and the indices of those columns.
-fn batch_tensors(prompts: &[Prompt], d: usize, device: &Device, dtype: CDType) -> Result<(Tensor, Tensor, Tensor)> {
+fn batch_tensors(
+    prompts: &[Prompt],
+    d: usize,
+    device: &Device,
+    dtype: CDType,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let tokens = model::prompts_to_tensor(prompts, d, device)?.to_dtype(dtype)?;
     let n1 = prompts[0].ys.len();
     let ys: Vec<f64> = prompts.iter().flat_map(|p| p.ys.iter().copied()).collect();
@@ -464,7 +526,10 @@ fn batch_tensors(prompts: &[Prompt], d: usize, device: &Device, dtype: CDType) -
 
 /// Mean squared error of the OLS (minimum-norm) prediction at every x̃ column of the batch.
 pub fn ols_loss(prompts: &[Prompt]) -> f64 {
-    let preds: Vec<Vec<f64>> = prompts.iter().map(|p| eval::baseline_predictions(p, 0.0)).collect();
+    let preds: Vec<Vec<f64>> = prompts
+        .iter()
+        .map(|p| eval::baseline_predictions(p, 0.0))
+        .collect();
     eval::mean_squared_error(&preds, prompts)
 }
 
@@ -474,7 +539,13 @@ fn ckpt_dir(out: &Path, step: usize) -> PathBuf {
 
 /// Write a complete checkpoint for `step`, then commit it by rewriting `checkpoint.json`, then
 /// drop older checkpoints and refresh the top-level model directory.
-fn save_checkpoint(out: &Path, cfg: &TrainConfig, model: &Transformer, opt: &AdamW, step: usize) -> Result<()> {
+fn save_checkpoint(
+    out: &Path,
+    cfg: &TrainConfig,
+    model: &Transformer,
+    opt: &AdamW,
+    step: usize,
+) -> Result<()> {
     let dir = ckpt_dir(out, step);
     let named = model.to_named()?;
     model::save_model_dir(&dir, &model.config, &named)?;
@@ -482,10 +553,22 @@ fn save_checkpoint(out: &Path, cfg: &TrainConfig, model: &Transformer, opt: &Ada
     for (kind, map) in [("m", &opt.m), ("v", &opt.v)] {
         for (name, t) in map {
             let data = t.to_dtype(CDType::F64)?.flatten_all()?.to_vec1::<f64>()?;
-            ost.insert(format!("{kind}.{name}"), RawTensor { shape: t.dims().to_vec(), data });
+            ost.insert(
+                format!("{kind}.{name}"),
+                RawTensor {
+                    shape: t.dims().to_vec(),
+                    data,
+                },
+            );
         }
     }
-    ost.insert("t".into(), RawTensor { shape: vec![1], data: vec![opt.t as f64] });
+    ost.insert(
+        "t".into(),
+        RawTensor {
+            shape: vec![1],
+            data: vec![opt.t as f64],
+        },
+    );
     let opath = dir.join("optimizer.safetensors");
     tensors::save(&opath, &ost, DType::F64).map_err(|e| io_err(&opath, e))?;
     let state = CheckpointState {
@@ -499,7 +582,8 @@ fn save_checkpoint(out: &Path, cfg: &TrainConfig, model: &Transformer, opt: &Ada
     tensors::write_atomic(&spath, json.as_bytes()).map_err(|e| io_err(&spath, e))?;
     let commit = out.join("checkpoint.json");
     let pointer = serde_json::json!({ "step": step, "dir": format!("checkpoints/step-{step:08}") });
-    tensors::write_atomic(&commit, format!("{pointer}\n").as_bytes()).map_err(|e| io_err(&commit, e))?;
+    tensors::write_atomic(&commit, format!("{pointer}\n").as_bytes())
+        .map_err(|e| io_err(&commit, e))?;
     // Older checkpoints are no longer needed once the pointer names this one.
     if let Ok(entries) = std::fs::read_dir(out.join("checkpoints")) {
         for e in entries.flatten() {
@@ -520,12 +604,20 @@ pub fn latest_checkpoint(out: &Path) -> Result<Option<(usize, PathBuf)>> {
     }
     let text = std::fs::read_to_string(&commit).map_err(|e| io_err(&commit, e))?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| io_err(&commit, e))?;
-    let step = v["step"].as_u64().ok_or_else(|| io_err(&commit, "no `step`"))? as usize;
-    let dir = v["dir"].as_str().ok_or_else(|| io_err(&commit, "no `dir`"))?;
+    let step = v["step"]
+        .as_u64()
+        .ok_or_else(|| io_err(&commit, "no `step`"))? as usize;
+    let dir = v["dir"]
+        .as_str()
+        .ok_or_else(|| io_err(&commit, "no `dir`"))?;
     Ok(Some((step, out.join(dir))))
 }
 
-fn load_checkpoint(dir: &Path, model_cfg: &ModelConfig, device: &Device) -> Result<(Transformer, AdamW, CheckpointState)> {
+fn load_checkpoint(
+    dir: &Path,
+    model_cfg: &ModelConfig,
+    device: &Device,
+) -> Result<(Transformer, AdamW, CheckpointState)> {
     let spath = dir.join("state.json");
     let text = std::fs::read_to_string(&spath).map_err(|e| io_err(&spath, e))?;
     let state: CheckpointState = serde_json::from_str(&text).map_err(|e| io_err(&spath, e))?;
@@ -537,21 +629,32 @@ fn load_checkpoint(dir: &Path, model_cfg: &ModelConfig, device: &Device) -> Resu
     let mut opt = AdamW::new(&model)?;
     for (kind, map) in [("m", &mut opt.m), ("v", &mut opt.v)] {
         for (name, t) in map.iter_mut() {
-            let raw = ost.get(&format!("{kind}.{name}")).ok_or_else(|| io_err(&opath, format!("missing `{kind}.{name}`")))?;
-            *t = Tensor::from_vec(raw.data.clone(), raw.shape.as_slice(), device)?.to_dtype(model.dtype())?;
+            let raw = ost
+                .get(&format!("{kind}.{name}"))
+                .ok_or_else(|| io_err(&opath, format!("missing `{kind}.{name}`")))?;
+            *t = Tensor::from_vec(raw.data.clone(), raw.shape.as_slice(), device)?
+                .to_dtype(model.dtype())?;
         }
     }
-    opt.t = ost.get("t").map(|r| r.data[0] as usize).ok_or_else(|| io_err(&opath, "missing `t`"))?;
+    opt.t = ost
+        .get("t")
+        .map(|r| r.data[0] as usize)
+        .ok_or_else(|| io_err(&opath, "missing `t`"))?;
     Ok((model, opt, state))
 }
 
 /// Keep only the metric lines of steps ≤ `step` (after a resume).
 fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
     let kept: String = text
         .lines()
         .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s as usize <= step)
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s as usize <= step)
         })
         .map(|l| format!("{l}\n"))
         .collect();
@@ -568,9 +671,16 @@ pub enum StepOutcome {
 
 /// One training step (0-based `step`): sample the step's batch, forward, MSE on every x̃ column,
 /// backward, global-norm clipping, AdamW update with the scheduled learning rate.
-pub fn train_step(cfg: &TrainConfig, model: &Transformer, opt: &mut AdamW, step: usize) -> Result<StepOutcome> {
+pub fn train_step(
+    cfg: &TrainConfig,
+    model: &Transformer,
+    opt: &mut AdamW,
+    step: usize,
+) -> Result<StepOutcome> {
     let o = &cfg.train;
-    let prompts = cfg.distribution().sample_batch(o.batch, batch_seed(o.seed, step));
+    let prompts = cfg
+        .distribution()
+        .sample_batch(o.batch, batch_seed(o.seed, step));
     let (tokens, ys, cols) = batch_tensors(&prompts, cfg.task.d, model.device(), model.dtype())?;
     let pred = model.forward(&tokens)?.index_select(&cols, 1)?;
     let loss = (pred - &ys)?.sqr()?.mean_all()?;
@@ -584,7 +694,11 @@ pub fn train_step(cfg: &TrainConfig, model: &Transformer, opt: &mut AdamW, step:
         let mut sq = 0.0;
         for p in model.params().values() {
             if let Some(g) = grads.get(p) {
-                sq += g.sqr()?.sum_all()?.to_dtype(CDType::F64)?.to_scalar::<f64>()?;
+                sq += g
+                    .sqr()?
+                    .sum_all()?
+                    .to_dtype(CDType::F64)?
+                    .to_scalar::<f64>()?;
             }
         }
         let norm = sq.sqrt();
@@ -598,20 +712,32 @@ pub fn train_step(cfg: &TrainConfig, model: &Transformer, opt: &mut AdamW, step:
         }
     }
     opt.step(model, &grads, learning_rate(o, step), o)?;
-    Ok(StepOutcome::Done { loss: lval, prompts })
+    Ok(StepOutcome::Done {
+        loss: lval,
+        prompts,
+    })
 }
 
 /// A fresh trainable model and optimizer for a config (weights from `train.seed`).
 pub fn fresh(cfg: &TrainConfig, device: &Device) -> Result<(Transformer, AdamW)> {
     let mc = cfg.model_config();
-    let model = Transformer::from_named(mc.clone(), &init_params(&mc, cfg.train.seed), device, mc.dtype, true)?;
+    let model = Transformer::from_named(
+        mc.clone(),
+        &init_params(&mc, cfg.train.seed),
+        device,
+        mc.dtype,
+        true,
+    )?;
     let opt = AdamW::new(&model)?;
     Ok((model, opt))
 }
 
 /// Train (or resume) a model as `cfg` says, writing to `opts.out`.
 pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
-    cfg.validate().map_err(|msg| TrainError::Config { path: "<config>".into(), msg })?;
+    cfg.validate().map_err(|msg| TrainError::Config {
+        path: "<config>".into(),
+        msg,
+    })?;
     let out = &opts.out;
     let mc = cfg.model_config();
     let saved_cfg = out.join("train.toml");
@@ -629,7 +755,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             (model, opt, state.step)
         }
         (true, None) => {
-            return Err(TrainError::Resume(format!("--resume: no checkpoint in {} (no checkpoint.json)", out.display())))
+            return Err(TrainError::Resume(format!(
+                "--resume: no checkpoint in {} (no checkpoint.json)",
+                out.display()
+            )))
         }
         (false, Some(_)) => {
             return Err(TrainError::Resume(format!(
@@ -641,7 +770,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             let (model, opt) = fresh(cfg, &opts.device)?;
             std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
             let text = toml::to_string_pretty(cfg).map_err(|e| io_err(&saved_cfg, e))?;
-            tensors::write_atomic(&saved_cfg, text.as_bytes()).map_err(|e| io_err(&saved_cfg, e))?;
+            tensors::write_atomic(&saved_cfg, text.as_bytes())
+                .map_err(|e| io_err(&saved_cfg, e))?;
             let _ = std::fs::remove_file(out.join("metrics.jsonl"));
             save_checkpoint(out, cfg, &model, &opt, 0)?;
             (model, opt, 0)
@@ -652,8 +782,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let bar = if opts.progress {
         let b = indicatif::ProgressBar::new(o.steps as u64);
         b.set_style(
-            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         b.set_position(start as u64);
         b
@@ -661,7 +793,11 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         indicatif::ProgressBar::hidden()
     };
     let mpath = out.join("metrics.jsonl");
-    let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(&mpath).map_err(|e| io_err(&mpath, e))?;
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&mpath)
+        .map_err(|e| io_err(&mpath, e))?;
     let mut last_loss = f64::NAN;
     let t0 = std::time::Instant::now();
     let mut interval = (std::time::Instant::now(), start);
@@ -687,9 +823,17 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         if done % o.log_every == 0 || done == o.steps {
             let ols = ols_loss(&prompts);
             let now = std::time::Instant::now();
-            let sps = (done - interval.1) as f64 / now.duration_since(interval.0).as_secs_f64().max(1e-9);
+            let sps =
+                (done - interval.1) as f64 / now.duration_since(interval.0).as_secs_f64().max(1e-9);
             interval = (now, done);
-            let m = Metrics { step: done, loss: lval, ols_loss: ols, loss_over_ols: lval / ols, lr, steps_per_s: sps };
+            let m = Metrics {
+                step: done,
+                loss: lval,
+                ols_loss: ols,
+                loss_over_ols: lval / ols,
+                lr,
+                steps_per_s: sps,
+            };
             let line = serde_json::to_string(&m).map_err(|e| io_err(&mpath, e))?;
             writeln!(metrics, "{line}").map_err(|e| io_err(&mpath, e))?;
             bar.set_message(format!("loss {lval:.4} (OLS {ols:.4}) {sps:.1} steps/s"));

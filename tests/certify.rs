@@ -18,7 +18,7 @@ use std::path::Path;
 const W: usize = 32;
 const T: usize = 5; // 2n+1 with n = 2
 const P_SCALE: f64 = 1048576.0; // 2^20
-// g = P·√2/√L = 2^20·√2/√32 = 2^20/4: then g²L/(2P²) = 1 exactly (δ = 0).
+                                // g = P·√2/√L = 2^20·√2/√32 = 2^20/4: then g²L/(2P²) = 1 exactly (δ = 0).
 const GAIN: f64 = 262144.0;
 const NEG: f64 = f64::NEG_INFINITY;
 
@@ -183,8 +183,18 @@ fn program() -> Program {
         registers,
         ops,
         assumptions: vec![
-            assume(0, Bound::Range { lo: -2.0, hi: 2.0 }, "assume y in [-2, 2]", 3),
-            assume(1, Bound::Range { lo: -1.0, hi: 1.0 }, "assume x in [-1, 1]", 4),
+            assume(
+                0,
+                Bound::Range { lo: -2.0, hi: 2.0 },
+                "assume y in [-2, 2]",
+                3,
+            ),
+            assume(
+                1,
+                Bound::Range { lo: -1.0, hi: 1.0 },
+                "assume x in [-1, 1]",
+                4,
+            ),
             assume(
                 5,
                 Bound::Range {
@@ -285,7 +295,13 @@ impl Mlp {
 
 /// Attention of one layer from (head, head-dim, source row, weight, destination row): the value
 /// v_{h,j} = weight·h[source], written by W_O into the destination row.
-fn emit_attn(t: &mut NamedTensors, l: usize, cfg: &AttnConfig, moves: &[(usize, usize, usize, f64, usize, f64)], bias: RawTensor) {
+fn emit_attn(
+    t: &mut NamedTensors,
+    l: usize,
+    cfg: &AttnConfig,
+    moves: &[(usize, usize, usize, f64, usize, f64)],
+    bias: RawTensor,
+) {
     let inner = cfg.inner();
     let mut vw = RawTensor::zeros(&[inner, W]);
     let mut ow = RawTensor::zeros(&[W, inner]);
@@ -422,7 +438,11 @@ fn build() -> (ModelConfig, NamedTensors, Layout) {
         final_norm: None,
         readout_row: Some(O),
     };
-    let rp = |name: &str, shape: [usize; 2], start: usize, written: Option<usize>, last: Option<usize>| {
+    let rp = |name: &str,
+              shape: [usize; 2],
+              start: usize,
+              written: Option<usize>,
+              last: Option<usize>| {
         RegisterPlacement {
             name: name.into(),
             shape,
@@ -475,9 +495,13 @@ fn build() -> (ModelConfig, NamedTensors, Layout) {
     let layout = Layout {
         format: LAYOUT_FORMAT.into(),
         width: W,
-        inputs: [("y".to_string(), [Y, Y + 1]), ("x".to_string(), [X, X + 2]), ("one".to_string(), [ONE, ONE + 1])]
-            .into_iter()
-            .collect(),
+        inputs: [
+            ("y".to_string(), [Y, Y + 1]),
+            ("x".to_string(), [X, X + 2]),
+            ("one".to_string(), [ONE, ONE + 1]),
+        ]
+        .into_iter()
+        .collect(),
         zero_row: ZERO,
         div_payload: Some(PAY),
         div_constants: vec![DivConstants {
@@ -515,9 +539,21 @@ fn files() -> certify::ModelFiles {
 /// Write a model directory (with the certificate the checker proves for the untouched model).
 fn write_dir(dir: &Path, f: &certify::ModelFiles, cert: &Certificate) {
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&f.config).unwrap()).unwrap();
-    std::fs::write(dir.join("layout.json"), serde_json::to_string_pretty(&f.layout).unwrap()).unwrap();
-    std::fs::write(dir.join("certificate.json"), serde_json::to_string_pretty(cert).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&f.config).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("layout.json"),
+        serde_json::to_string_pretty(&f.layout).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("certificate.json"),
+        serde_json::to_string_pretty(cert).unwrap(),
+    )
+    .unwrap();
     icl::tensors::save(&dir.join("model.safetensors"), &f.tensors, f.dtype).unwrap();
 }
 
@@ -569,18 +605,30 @@ fn forward(f: &certify::ModelFiles, tokens: &[Vec<f64>]) -> Vec<f64> {
     for (l, lc) in f.config.layers.iter().enumerate() {
         if let Some(ac) = &lc.attn {
             let pre = format!("layers.{l}.attn");
-            let (vw, ow, bias) = (g(&format!("{pre}.v.weight")), g(&format!("{pre}.o.weight")), g(&format!("{pre}.bias")));
+            let (vw, ow, bias) = (
+                g(&format!("{pre}.v.weight")),
+                g(&format!("{pre}.o.weight")),
+                g(&format!("{pre}.bias")),
+            );
             let inner = ac.inner();
             let v: Vec<Vec<f64>> = h
                 .iter()
-                .map(|col| (0..inner).map(|i| (0..W).map(|r| vw.at2(i, r) * col[r]).sum::<f64>() + g(&format!("{pre}.v.bias")).data[i]).collect())
+                .map(|col| {
+                    (0..inner)
+                        .map(|i| {
+                            (0..W).map(|r| vw.at2(i, r) * col[r]).sum::<f64>()
+                                + g(&format!("{pre}.v.bias")).data[i]
+                        })
+                        .collect()
+                })
                 .collect();
             let mut out = vec![vec![0.0; W]; tl];
             for (c, oc) in out.iter_mut().enumerate() {
                 let mut cat = vec![0.0; inner];
                 for hh in 0..ac.heads {
                     let b = |s: usize| bias.data[(hh * T + c) * (T + 1) + s];
-                    let mut scores: Vec<(Option<usize>, f64)> = (0..=c).map(|s| (Some(s), b(s))).collect();
+                    let mut scores: Vec<(Option<usize>, f64)> =
+                        (0..=c).map(|s| (Some(s), b(s))).collect();
                     scores.push((None, b(T)));
                     let mx = scores.iter().map(|x| x.1).fold(NEG, f64::max);
                     let z: f64 = scores.iter().map(|x| (x.1 - mx).exp()).sum();
@@ -594,7 +642,8 @@ fn forward(f: &certify::ModelFiles, tokens: &[Vec<f64>]) -> Vec<f64> {
                     }
                 }
                 for r in 0..W {
-                    oc[r] = (0..inner).map(|i| ow.at2(r, i) * cat[i]).sum::<f64>() + g(&format!("{pre}.o.bias")).data[r];
+                    oc[r] = (0..inner).map(|i| ow.at2(r, i) * cat[i]).sum::<f64>()
+                        + g(&format!("{pre}.o.bias")).data[r];
                 }
             }
             for c in 0..tl {
@@ -610,24 +659,39 @@ fn forward(f: &certify::ModelFiles, tokens: &[Vec<f64>]) -> Vec<f64> {
                     let mean = col.iter().sum::<f64>() / W as f64;
                     let var = col.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / W as f64;
                     (0..W)
-                        .map(|r| (col[r] - mean) / (var + nc.eps).sqrt() * g(&format!("{pre}.norm.weight")).data[r] + g(&format!("{pre}.norm.bias")).data[r])
+                        .map(|r| {
+                            (col[r] - mean) / (var + nc.eps).sqrt()
+                                * g(&format!("{pre}.norm.weight")).data[r]
+                                + g(&format!("{pre}.norm.bias")).data[r]
+                        })
                         .collect()
                 } else {
                     col.clone()
                 };
                 let lin = |name: &str, k: usize| -> f64 {
                     let wt = g(&format!("{pre}.mlp.{name}.weight"));
-                    (0..W).map(|r| wt.at2(k, r) * m[r]).sum::<f64>() + g(&format!("{pre}.mlp.{name}.bias")).data[k]
+                    (0..W).map(|r| wt.at2(k, r) * m[r]).sum::<f64>()
+                        + g(&format!("{pre}.mlp.{name}.bias")).data[k]
                 };
-                let act: Vec<f64> = (0..mc.hidden).map(|k| lin("gate", k) * lin("up", k)).collect();
+                let act: Vec<f64> = (0..mc.hidden)
+                    .map(|k| lin("gate", k) * lin("up", k))
+                    .collect();
                 let dw = g(&format!("{pre}.mlp.down.weight"));
                 for r in 0..W {
-                    col[r] += (0..mc.hidden).map(|k| dw.at2(r, k) * act[k]).sum::<f64>() + g(&format!("{pre}.mlp.down.bias")).data[r];
+                    col[r] += (0..mc.hidden).map(|k| dw.at2(r, k) * act[k]).sum::<f64>()
+                        + g(&format!("{pre}.mlp.down.bias")).data[r];
                 }
             }
         }
     }
-    h.iter().map(|col| (0..W).map(|r| g("readout.weight").data[r] * col[r]).sum::<f64>() + g("readout.bias").data[0]).collect()
+    h.iter()
+        .map(|col| {
+            (0..W)
+                .map(|r| g("readout.weight").data[r] * col[r])
+                .sum::<f64>()
+                + g("readout.bias").data[0]
+        })
+        .collect()
 }
 
 /// The program's meaning (DESIGN §2), per column, in f64.
@@ -656,7 +720,13 @@ fn evaluate(p: &Program, tokens: &[Vec<f64>]) -> Vec<f64> {
                 OpKind::Mov { src, pattern, .. } => {
                     let s = pattern.sources(c);
                     (0..p.reg(*src).shape.size())
-                        .map(|e| if s.is_empty() { 0.0 } else { s.iter().map(|&k| regs[*src][k][e]).sum::<f64>() / s.len() as f64 })
+                        .map(|e| {
+                            if s.is_empty() {
+                                0.0
+                            } else {
+                                s.iter().map(|&k| regs[*src][k][e]).sum::<f64>() / s.len() as f64
+                            }
+                        })
                         .collect()
                 }
                 OpKind::Mul { a, b, .. } => {
@@ -664,19 +734,27 @@ fn evaluate(p: &Program, tokens: &[Vec<f64>]) -> Vec<f64> {
                     let mut out = vec![];
                     for i in 0..sa.rows {
                         for k in 0..sb.cols {
-                            out.push((0..sa.cols).map(|j| get(&regs, *a, c, i, j) * get(&regs, *b, c, j, k)).sum());
+                            out.push(
+                                (0..sa.cols)
+                                    .map(|j| get(&regs, *a, c, i, j) * get(&regs, *b, c, j, k))
+                                    .sum(),
+                            );
                         }
                     }
                     out
                 }
-                OpKind::Div { num, den, .. } => regs[*num][c].iter().map(|v| v / regs[*den][c][0].abs()).collect(),
+                OpKind::Div { num, den, .. } => regs[*num][c]
+                    .iter()
+                    .map(|v| v / regs[*den][c][0].abs())
+                    .collect(),
                 OpKind::Aff { dst, terms, bias } => (0..p.reg(*dst).shape.size())
                     .map(|e| {
                         let mut v = bias[e];
                         for t in terms {
                             let sh = p.operand_shape(t.src);
                             for j in 0..sh.size() {
-                                v += t.coef[e * sh.size() + j] * get(&regs, t.src, c, j / sh.cols, j % sh.cols);
+                                v += t.coef[e * sh.size() + j]
+                                    * get(&regs, t.src, c, j / sh.cols, j % sh.cols);
                             }
                         }
                         v
@@ -696,17 +774,30 @@ fn the_hand_built_model_computes_the_program() {
     let p = program();
     let mut seed = 12345u64;
     let mut rnd = || {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((seed >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
     };
     for _ in 0..20 {
         let tokens: Vec<Vec<f64>> = (0..T)
-            .map(|c| if c % 2 == 0 { vec![0.0, rnd(), rnd()] } else { vec![2.0 * rnd(), 0.0, 0.0] })
+            .map(|c| {
+                if c % 2 == 0 {
+                    vec![0.0, rnd(), rnd()]
+                } else {
+                    vec![2.0 * rnd(), 0.0, 0.0]
+                }
+            })
             .collect();
         let a = forward(&f, &tokens);
         let b = evaluate(&p, &tokens);
         for c in (0..T).step_by(2) {
-            assert!((a[c] - b[c]).abs() <= 1e-9 * (1.0 + b[c].abs()), "column {c}: model {} program {}", a[c], b[c]);
+            assert!(
+                (a[c] - b[c]).abs() <= 1e-9 * (1.0 + b[c].abs()),
+                "column {c}: model {} program {}",
+                a[c],
+                b[c]
+            );
         }
     }
 }
@@ -718,7 +809,13 @@ fn the_untouched_model_is_accepted_with_the_right_verdicts() {
     let verdicts: Vec<Verdict> = cert.layers.iter().map(|l| l.verdict).collect();
     assert_eq!(
         verdicts,
-        vec![Verdict::Exact, Verdict::Exact, Verdict::Exact, Verdict::Bounded, Verdict::Exact]
+        vec![
+            Verdict::Exact,
+            Verdict::Exact,
+            Verdict::Exact,
+            Verdict::Bounded,
+            Verdict::Exact
+        ]
     );
     assert_eq!(cert.verdict, Verdict::Bounded);
     // δ = 0 (g²L/(2P²) = 1), so ε = R/(4P²den_min²) with den_min = 1 and R ≤ Σ row bounds²:
@@ -726,10 +823,16 @@ fn the_untouched_model_is_accepted_with_the_right_verdicts() {
     // R ≤ 4 + 2 + 2 + 8 + 64 + 289 + 4 + 1 = 374 (up to outward rounding of the ranges).
     let eps = cert.layers[3].relative_error.unwrap();
     let expect = 374.0 / (4.0 * P_SCALE * P_SCALE);
-    assert!(eps >= expect && eps <= expect * (1.0 + 1e-9), "ε = {eps:e}, expected ≈ {expect:e}");
+    assert!(
+        eps >= expect && eps <= expect * (1.0 + 1e-9),
+        "ε = {eps:e}, expected ≈ {expect:e}"
+    );
     // End to end: o = q_0 − q_1 + …, |q_e| ≤ 2 so the error is at most about 2·2·ε.
     let e2e = cert.end_to_end.bound.0;
-    assert!(e2e > 0.0 && e2e <= 4.0 * eps * (1.0 + 1e-6), "bound {e2e:e}");
+    assert!(
+        e2e > 0.0 && e2e <= 4.0 * eps * (1.0 + 1e-6),
+        "bound {e2e:e}"
+    );
     // And through the files.
     let dir = tempfile::tempdir().unwrap();
     write_dir(dir.path(), &f, &cert);
@@ -769,7 +872,11 @@ fn swapped_rows_are_rejected() {
             v.set2(1, c, a);
         }
     });
-    assert_names(&msg, "layer 0 attention", "mov xp <- x from prev, t.icl:10:1");
+    assert_names(
+        &msg,
+        "layer 0 attention",
+        "mov xp <- x from prev, t.icl:10:1",
+    );
 }
 
 #[test]
@@ -818,13 +925,23 @@ fn an_altered_bias_pattern_is_rejected() {
 fn a_mislabelled_row_is_rejected() {
     // layout.json moves u to rows 14, 15: the weights still write rows 5, 6.
     let msg = corrupted(|f| {
-        let u = f.layout.registers.iter_mut().find(|r| r.name == "u").unwrap();
+        let u = f
+            .layout
+            .registers
+            .iter_mut()
+            .find(|r| r.name == "u")
+            .unwrap();
         u.rows = [14, 16];
     });
     assert_names(&msg, "layer 0 MLP", "mul u <- xp * y");
     // Two live registers on one row: s moved onto m's row (m is read in layer 4).
     let msg = corrupted(|f| {
-        let s = f.layout.registers.iter_mut().find(|r| r.name == "s").unwrap();
+        let s = f
+            .layout
+            .registers
+            .iter_mut()
+            .find(|r| r.name == "s")
+            .unwrap();
         s.rows = [M, M + 1];
     });
     assert!(msg.contains("layer 1 MLP"), "{msg}");
@@ -837,7 +954,10 @@ fn a_write_to_an_unclaimed_row_is_rejected() {
         let d = f.tensors.get_mut("layers.2.mlp.down.bias").unwrap();
         d.data[20] = 1.0;
     });
-    assert!(msg.contains("layer 2 MLP") && msg.contains("row 20"), "{msg}");
+    assert!(
+        msg.contains("layer 2 MLP") && msg.contains("row 20"),
+        "{msg}"
+    );
     assert!(msg.contains("written by no operation"), "{msg}");
 }
 
@@ -866,11 +986,17 @@ fn a_broken_division_is_rejected() {
 fn a_wrong_schedule_is_rejected() {
     // Swap the layers of `mul s` and `aff den`: den would read s before it is written.
     let msg = corrupted(|f| {
-        let (a, b) = (f.layout.layers[1].mlp.clone(), f.layout.layers[2].mlp.clone());
+        let (a, b) = (
+            f.layout.layers[1].mlp.clone(),
+            f.layout.layers[2].mlp.clone(),
+        );
         f.layout.layers[1].mlp = b;
         f.layout.layers[2].mlp = a;
     });
-    assert!(msg.contains("layer 1 MLP") && msg.contains("aff den <- 2 * s + 1"), "{msg}");
+    assert!(
+        msg.contains("layer 1 MLP") && msg.contains("aff den <- 2 * s + 1"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -878,7 +1004,10 @@ fn an_embedding_or_readout_change_is_rejected() {
     let msg = corrupted(|f| {
         f.tensors.get_mut("pos.weight").unwrap().set2(2, ONE, 0.5);
     });
-    assert!(msg.contains("embedding") && msg.contains("column 2"), "{msg}");
+    assert!(
+        msg.contains("embedding") && msg.contains("column 2"),
+        "{msg}"
+    );
     let msg = corrupted(|f| {
         f.tensors.get_mut("readout.weight").unwrap().data[M] = 1.0;
     });

@@ -64,7 +64,9 @@ fn random_tensors(c: &ModelConfig, seed: u64) -> NamedTensors {
 // ---------- independent reference forward (docs/FORMATS.md, line by line) ----------
 
 fn matvec(w: &RawTensor, x: &[f64]) -> Vec<f64> {
-    (0..w.shape[0]).map(|i| (0..w.shape[1]).map(|j| w.at2(i, j) * x[j]).sum()).collect()
+    (0..w.shape[0])
+        .map(|i| (0..w.shape[1]).map(|j| w.at2(i, j) * x[j]).sum())
+        .collect()
 }
 fn lin(t: &NamedTensors, p: &str, x: &[f64]) -> Vec<f64> {
     let mut y = matvec(&t[&format!("{p}.weight")], x);
@@ -77,8 +79,14 @@ fn lnorm(t: &NamedTensors, p: &str, x: &[f64], eps: f64) -> Vec<f64> {
     let n = x.len() as f64;
     let mean = x.iter().sum::<f64>() / n;
     let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
-    let (w, b) = (&t[&format!("{p}.weight")].data, &t[&format!("{p}.bias")].data);
-    x.iter().enumerate().map(|(i, v)| (v - mean) / (var + eps).sqrt() * w[i] + b[i]).collect()
+    let (w, b) = (
+        &t[&format!("{p}.weight")].data,
+        &t[&format!("{p}.bias")].data,
+    );
+    x.iter()
+        .enumerate()
+        .map(|(i, v)| (v - mean) / (var + eps).sqrt() * w[i] + b[i])
+        .collect()
 }
 fn erf(x: f64) -> f64 {
     // Abramowitz–Stegun 7.1.26 is too coarse; integrate the series instead (|x| small here).
@@ -95,7 +103,8 @@ fn gelu(x: f64, act: Activation) -> f64 {
     match act {
         Activation::Gelu => 0.5 * x * (1.0 + erf(x / 2f64.sqrt())),
         Activation::GeluTanh => {
-            0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh())
+            0.5 * x
+                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh())
         }
     }
 }
@@ -107,7 +116,13 @@ fn reference_forward(c: &ModelConfig, t: &NamedTensors, tokens: &[Vec<f64>]) -> 
     let mut h: Vec<Vec<f64>> = tokens
         .iter()
         .enumerate()
-        .map(|(s, tok)| lin(t, "embed", tok).iter().enumerate().map(|(i, v)| v + pos.at2(s, i)).collect())
+        .map(|(s, tok)| {
+            lin(t, "embed", tok)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v + pos.at2(s, i))
+                .collect()
+        })
         .collect();
     for (l, layer) in c.layers.iter().enumerate() {
         let p = format!("layers.{l}");
@@ -119,11 +134,18 @@ fn reference_forward(c: &ModelConfig, t: &NamedTensors, tokens: &[Vec<f64>]) -> 
                     None => x.clone(),
                 })
                 .collect();
-            let v: Vec<Vec<f64>> = an.iter().map(|x| lin(t, &format!("{p}.attn.v"), x)).collect();
+            let v: Vec<Vec<f64>> = an
+                .iter()
+                .map(|x| lin(t, &format!("{p}.attn.v"), x))
+                .collect();
             let (q, k): (Vec<Vec<f64>>, Vec<Vec<f64>>) = if a.qk {
                 (
-                    an.iter().map(|x| lin(t, &format!("{p}.attn.q"), x)).collect(),
-                    an.iter().map(|x| lin(t, &format!("{p}.attn.k"), x)).collect(),
+                    an.iter()
+                        .map(|x| lin(t, &format!("{p}.attn.q"), x))
+                        .collect(),
+                    an.iter()
+                        .map(|x| lin(t, &format!("{p}.attn.k"), x))
+                        .collect(),
                 )
             } else {
                 (vec![], vec![])
@@ -131,9 +153,11 @@ fn reference_forward(c: &ModelConfig, t: &NamedTensors, tokens: &[Vec<f64>]) -> 
             let eta: Vec<f64> = match a.momentum {
                 None => vec![],
                 Some(MomentumConfig::Fixed { eta }) => vec![eta; a.heads],
-                Some(MomentumConfig::Learned { .. }) => {
-                    t[&format!("{p}.attn.momentum_logit")].data.iter().map(|z| 1.0 / (1.0 + (-z).exp())).collect()
-                }
+                Some(MomentumConfig::Learned { .. }) => t[&format!("{p}.attn.momentum_logit")]
+                    .data
+                    .iter()
+                    .map(|z| 1.0 / (1.0 + (-z).exp()))
+                    .collect(),
             };
             let hd = a.head_dim;
             let mut upd = vec![];
@@ -145,16 +169,22 @@ fn reference_forward(c: &ModelConfig, t: &NamedTensors, tokens: &[Vec<f64>]) -> 
                         .map(|s| {
                             let mut sc = 0.0;
                             if a.qk {
-                                sc += r.clone().map(|i| q[tq][i] * k[s][i]).sum::<f64>() / (hd as f64).sqrt();
+                                sc += r.clone().map(|i| q[tq][i] * k[s][i]).sum::<f64>()
+                                    / (hd as f64).sqrt();
                             }
                             if a.bias {
-                                sc += t[&format!("{p}.attn.bias")].data[(hh * ml + tq) * (ml + 1) + s];
+                                sc += t[&format!("{p}.attn.bias")].data
+                                    [(hh * ml + tq) * (ml + 1) + s];
                             }
                             sc
                         })
                         .collect();
                     if a.zero_attn {
-                        let nb = if a.bias { t[&format!("{p}.attn.bias")].data[(hh * ml + tq) * (ml + 1) + ml] } else { 0.0 };
+                        let nb = if a.bias {
+                            t[&format!("{p}.attn.bias")].data[(hh * ml + tq) * (ml + 1) + ml]
+                        } else {
+                            0.0
+                        };
                         scores.push(nb);
                     }
                     let mx = scores.iter().cloned().fold(NEG, f64::max);
@@ -220,9 +250,20 @@ fn full_config() -> ModelConfig {
     let layers = vec![
         LayerConfig {
             attn_norm: None,
-            attn: Some(AttnConfig { heads: 2, head_dim: 3, qk: false, bias: true, zero_attn: true, momentum: None }),
+            attn: Some(AttnConfig {
+                heads: 2,
+                head_dim: 3,
+                qk: false,
+                bias: true,
+                zero_attn: true,
+                momentum: None,
+            }),
             norm: None,
-            mlp: Some(MlpConfig { kind: MlpKind::Bilinear, hidden: 4, activation: Activation::Gelu }),
+            mlp: Some(MlpConfig {
+                kind: MlpKind::Bilinear,
+                hidden: 4,
+                activation: Activation::Gelu,
+            }),
         },
         LayerConfig {
             attn_norm: Some(NormConfig { eps: 1e-5 }),
@@ -235,7 +276,11 @@ fn full_config() -> ModelConfig {
                 momentum: Some(MomentumConfig::Fixed { eta: 0.6 }),
             }),
             norm: Some(NormConfig { eps: 0.0 }),
-            mlp: Some(MlpConfig { kind: MlpKind::Gelu, hidden: 5, activation: Activation::Gelu }),
+            mlp: Some(MlpConfig {
+                kind: MlpKind::Gelu,
+                hidden: 5,
+                activation: Activation::Gelu,
+            }),
         },
         LayerConfig {
             attn_norm: None,
@@ -248,9 +293,18 @@ fn full_config() -> ModelConfig {
                 momentum: Some(MomentumConfig::Learned { learned: true }),
             }),
             norm: Some(NormConfig { eps: 1e-3 }),
-            mlp: Some(MlpConfig { kind: MlpKind::Gelu, hidden: 3, activation: Activation::GeluTanh }),
+            mlp: Some(MlpConfig {
+                kind: MlpKind::Gelu,
+                hidden: 3,
+                activation: Activation::GeluTanh,
+            }),
         },
-        LayerConfig { attn_norm: None, attn: None, norm: None, mlp: None },
+        LayerConfig {
+            attn_norm: None,
+            attn: None,
+            norm: None,
+            mlp: None,
+        },
     ];
     let mut c = base_config(2, 6, 9, layers);
     c.final_norm = Some(NormConfig { eps: 1e-5 });
@@ -279,7 +333,10 @@ fn full_model_matches_reference_forward_f64_and_f32() {
             let want_x: Vec<f64> = want.iter().step_by(2).copied().collect();
             assert_eq!(got[i].len(), n + 1);
             for (k, (a, b)) in got[i].iter().zip(&want_x).enumerate() {
-                assert!((a - b).abs() <= 1e-12 * (1.0 + b.abs()), "f64 prompt {i} col {k}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= 1e-12 * (1.0 + b.abs()),
+                    "f64 prompt {i} col {k}: {a} vs {b}"
+                );
             }
             for (a, b) in got32[i].iter().zip(&want_x) {
                 assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "f32: {a} vs {b}");
@@ -300,12 +357,26 @@ fn hand_built_previous_column_and_bilinear_product() {
     let (d, w, ml) = (2, 6, 5);
     let layer = LayerConfig {
         attn_norm: None,
-        attn: Some(AttnConfig { heads: 1, head_dim: 6, qk: false, bias: true, zero_attn: true, momentum: None }),
+        attn: Some(AttnConfig {
+            heads: 1,
+            head_dim: 6,
+            qk: false,
+            bias: true,
+            zero_attn: true,
+            momentum: None,
+        }),
         norm: None,
-        mlp: Some(MlpConfig { kind: MlpKind::Bilinear, hidden: 1, activation: Activation::Gelu }),
+        mlp: Some(MlpConfig {
+            kind: MlpKind::Bilinear,
+            hidden: 1,
+            activation: Activation::Gelu,
+        }),
     };
     let c = base_config(d, w, ml, vec![layer]);
-    let mut t: NamedTensors = expected_tensors(&c).into_iter().map(|(n, s)| (n, RawTensor::zeros(&s))).collect();
+    let mut t: NamedTensors = expected_tensors(&c)
+        .into_iter()
+        .map(|(n, s)| (n, RawTensor::zeros(&s)))
+        .collect();
     let e = t.get_mut("embed.weight").unwrap();
     for i in 0..3 {
         e.set2(i, i, 1.0);
@@ -323,10 +394,14 @@ fn hand_built_previous_column_and_bilinear_product() {
         v.set2(i, i, 1.0);
     }
     t.get_mut("layers.0.attn.o.weight").unwrap().set2(3, 1, 1.0);
-    t.get_mut("layers.0.mlp.gate.weight").unwrap().set2(0, 1, 1.0);
+    t.get_mut("layers.0.mlp.gate.weight")
+        .unwrap()
+        .set2(0, 1, 1.0);
     t.get_mut("layers.0.mlp.gate.bias").unwrap().data[0] = 0.5;
     t.get_mut("layers.0.mlp.up.weight").unwrap().set2(0, 3, 1.0);
-    t.get_mut("layers.0.mlp.down.weight").unwrap().set2(5, 0, 1.0);
+    t.get_mut("layers.0.mlp.down.weight")
+        .unwrap()
+        .set2(5, 0, 1.0);
     t.get_mut("readout.weight").unwrap().set2(0, 5, 1.0);
     let dir = tempfile::tempdir().unwrap();
     save_model_dir(dir.path(), &c, &t).unwrap();
@@ -337,7 +412,11 @@ fn hand_built_previous_column_and_bilinear_product() {
     for (p, row) in ps.iter().zip(&pred) {
         let toks = p.tokens();
         for (tt, got) in row.iter().enumerate() {
-            let want = if tt == 0 { 0.0 } else { (toks[tt][1] + 0.5) * toks[tt - 1][1] };
+            let want = if tt == 0 {
+                0.0
+            } else {
+                (toks[tt][1] + 0.5) * toks[tt - 1][1]
+            };
             assert!((got - want).abs() < 1e-14, "column {tt}: {got} vs {want}");
         }
     }
@@ -361,23 +440,42 @@ fn layernorm_with_eps_zero_divides_by_the_standard_deviation() {
         attn_norm: None,
         attn: None,
         norm: Some(NormConfig { eps: 0.0 }),
-        mlp: Some(MlpConfig { kind: MlpKind::Bilinear, hidden: 1, activation: Activation::Gelu }),
+        mlp: Some(MlpConfig {
+            kind: MlpKind::Bilinear,
+            hidden: 1,
+            activation: Activation::Gelu,
+        }),
     };
     let c = base_config(d, w, ml, vec![layer]);
-    let mut t: NamedTensors = expected_tensors(&c).into_iter().map(|(n, s)| (n, RawTensor::zeros(&s))).collect();
+    let mut t: NamedTensors = expected_tensors(&c)
+        .into_iter()
+        .map(|(n, s)| (n, RawTensor::zeros(&s)))
+        .collect();
     // Row 0 = x, row 1 = −x.
     t.get_mut("embed.weight").unwrap().set2(0, 1, 1.0);
     t.get_mut("embed.weight").unwrap().set2(1, 1, -1.0);
-    t.get_mut("layers.0.norm.weight").unwrap().data.iter_mut().for_each(|v| *v = 1.0);
+    t.get_mut("layers.0.norm.weight")
+        .unwrap()
+        .data
+        .iter_mut()
+        .for_each(|v| *v = 1.0);
     // MLP: gate = normalized row 0, up = 1 (bias) → writes LN(h)[0] into row 3.
-    t.get_mut("layers.0.mlp.gate.weight").unwrap().set2(0, 0, 1.0);
+    t.get_mut("layers.0.mlp.gate.weight")
+        .unwrap()
+        .set2(0, 0, 1.0);
     t.get_mut("layers.0.mlp.up.bias").unwrap().data[0] = 1.0;
-    t.get_mut("layers.0.mlp.down.weight").unwrap().set2(3, 0, 1.0);
+    t.get_mut("layers.0.mlp.down.weight")
+        .unwrap()
+        .set2(3, 0, 1.0);
     t.get_mut("readout.weight").unwrap().set2(0, 3, 1.0);
     let dir = tempfile::tempdir().unwrap();
     save_model_dir(dir.path(), &c, &t).unwrap();
     let m = Transformer::load(dir.path(), &Device::Cpu, None).unwrap();
-    let p = Prompt { xs: vec![vec![-3.0], vec![0.25]], ys: vec![1.0, 2.0], w: vec![0.0] };
+    let p = Prompt {
+        xs: vec![vec![-3.0], vec![0.25]],
+        ys: vec![1.0, 2.0],
+        w: vec![0.0],
+    };
     let got = m.predict_prompts(&[p]).unwrap();
     let s = (w as f64 / 2.0).sqrt();
     assert!((got[0][0] + s).abs() < 1e-14, "{:?}", got);
@@ -392,7 +490,9 @@ fn write_dir(dir: &Path, c: &ModelConfig, t: &NamedTensors, dtype: DType) {
 }
 
 fn load_err(dir: &Path) -> String {
-    Transformer::load(dir, &Device::Cpu, None).unwrap_err().to_string()
+    Transformer::load(dir, &Device::Cpu, None)
+        .unwrap_err()
+        .to_string()
 }
 
 #[test]
@@ -404,31 +504,46 @@ fn load_errors_name_what_is_wrong() {
 
     // Missing files.
     let e = load_err(p);
-    assert!(e.contains("config.json") && e.contains("missing file"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("missing file"),
+        "{e}"
+    );
     std::fs::write(p.join("config.json"), serde_json::to_string(&c).unwrap()).unwrap();
     let e = load_err(p);
-    assert!(e.contains("model.safetensors") && e.contains("missing file"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("missing file"),
+        "{e}"
+    );
 
     // Missing tensor.
     let mut t2 = t.clone();
     t2.remove("layers.1.attn.q.weight");
     write_dir(p, &c, &t2, DType::F64);
     let e = load_err(p);
-    assert!(e.contains("missing tensor `layers.1.attn.q.weight`") && e.contains("[4, 6]"), "{e}");
+    assert!(
+        e.contains("missing tensor `layers.1.attn.q.weight`") && e.contains("[4, 6]"),
+        "{e}"
+    );
 
     // Extra tensor.
     let mut t2 = t.clone();
     t2.insert("layers.0.attn.q.weight".into(), RawTensor::zeros(&[6, 6]));
     write_dir(p, &c, &t2, DType::F64);
     let e = load_err(p);
-    assert!(e.contains("unexpected tensor `layers.0.attn.q.weight`"), "{e}");
+    assert!(
+        e.contains("unexpected tensor `layers.0.attn.q.weight`"),
+        "{e}"
+    );
 
     // Wrong shape.
     let mut t2 = t.clone();
     t2.insert("layers.2.attn.bias".into(), RawTensor::zeros(&[3, 9, 9]));
     write_dir(p, &c, &t2, DType::F64);
     let e = load_err(p);
-    assert!(e.contains("`layers.2.attn.bias`") && e.contains("[3, 9, 9]") && e.contains("[3, 9, 10]"), "{e}");
+    assert!(
+        e.contains("`layers.2.attn.bias`") && e.contains("[3, 9, 9]") && e.contains("[3, 9, 10]"),
+        "{e}"
+    );
 
     // Wrong dtype: config says f64, file holds f32.
     write_dir(p, &c, &t, DType::F32);
@@ -440,7 +555,10 @@ fn load_errors_name_what_is_wrong() {
     c2.width = 7;
     write_dir(p, &c2, &t, DType::F64);
     let e = load_err(p);
-    assert!(e.contains("embed.weight") && e.contains("[7, 3]") && e.contains("[6, 3]"), "{e}");
+    assert!(
+        e.contains("embed.weight") && e.contains("[7, 3]") && e.contains("[6, 3]"),
+        "{e}"
+    );
 
     // Unknown field, bad JSON.
     let mut v = serde_json::to_value(&c).unwrap();
@@ -470,9 +588,17 @@ fn inputs_are_checked_and_cuda_without_the_feature_is_an_error() {
     let t = random_tensors(&c, 3);
     let m = Transformer::from_named(c, &t, &Device::Cpu, DType::F64, false).unwrap();
     let too_long = Tensor::zeros((1, 10, 3), candle_core::DType::F64, &Device::Cpu).unwrap();
-    assert!(m.forward(&too_long).unwrap_err().to_string().contains("max_len = 9"));
+    assert!(m
+        .forward(&too_long)
+        .unwrap_err()
+        .to_string()
+        .contains("max_len = 9"));
     let wrong_d = Tensor::zeros((1, 3, 4), candle_core::DType::F64, &Device::Cpu).unwrap();
-    assert!(m.forward(&wrong_d).unwrap_err().to_string().contains("d+1 = 3"));
+    assert!(m
+        .forward(&wrong_d)
+        .unwrap_err()
+        .to_string()
+        .contains("d+1 = 3"));
     if !cfg!(feature = "cuda") {
         let e = icl::model::parse_device("cuda").unwrap_err().to_string();
         assert!(e.contains("--features cuda"), "{e}");

@@ -25,9 +25,20 @@ fn config() -> ModelConfig {
     let layers = vec![
         LayerConfig {
             attn_norm: None,
-            attn: Some(AttnConfig { heads: 2, head_dim: 3, qk: false, bias: true, zero_attn: true, momentum: None }),
+            attn: Some(AttnConfig {
+                heads: 2,
+                head_dim: 3,
+                qk: false,
+                bias: true,
+                zero_attn: true,
+                momentum: None,
+            }),
             norm: Some(NormConfig { eps: 0.0 }),
-            mlp: Some(MlpConfig { kind: MlpKind::Bilinear, hidden: 4, activation: Activation::Gelu }),
+            mlp: Some(MlpConfig {
+                kind: MlpKind::Bilinear,
+                hidden: 4,
+                activation: Activation::Gelu,
+            }),
         },
         LayerConfig {
             attn_norm: Some(NormConfig { eps: 1e-5 }),
@@ -40,7 +51,11 @@ fn config() -> ModelConfig {
                 momentum: Some(MomentumConfig::Fixed { eta: 0.7 }),
             }),
             norm: None,
-            mlp: Some(MlpConfig { kind: MlpKind::Gelu, hidden: 5, activation: Activation::Gelu }),
+            mlp: Some(MlpConfig {
+                kind: MlpKind::Gelu,
+                hidden: 5,
+                activation: Activation::Gelu,
+            }),
         },
         LayerConfig {
             attn_norm: None,
@@ -53,7 +68,11 @@ fn config() -> ModelConfig {
                 momentum: Some(MomentumConfig::Learned { learned: true }),
             }),
             norm: Some(NormConfig { eps: 1e-3 }),
-            mlp: Some(MlpConfig { kind: MlpKind::Gelu, hidden: 3, activation: Activation::GeluTanh }),
+            mlp: Some(MlpConfig {
+                kind: MlpKind::Gelu,
+                hidden: 3,
+                activation: Activation::GeluTanh,
+            }),
         },
     ];
     ModelConfig {
@@ -106,16 +125,26 @@ fn numpy_forward_matches_rust() {
     std::fs::write(&ppath, serde_json::to_string(&prompts).unwrap()).unwrap();
     let opath = dir.path().join("out.json");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/forward.py");
-    let st = Command::new(&py).arg(script).arg(dir.path()).arg(&ppath).arg(&opath).status().unwrap();
+    let st = Command::new(&py)
+        .arg(script)
+        .arg(dir.path())
+        .arg(&ppath)
+        .arg(&opath)
+        .status()
+        .unwrap();
     assert!(st.success(), "forward.py failed");
-    let py_out: Vec<Vec<f64>> = serde_json::from_str(&std::fs::read_to_string(&opath).unwrap()).unwrap();
+    let py_out: Vec<Vec<f64>> =
+        serde_json::from_str(&std::fs::read_to_string(&opath).unwrap()).unwrap();
     let m = Transformer::load(dir.path(), &Device::Cpu, None).unwrap();
     let rust = m.predict_prompts(&prompts).unwrap();
     assert_eq!(py_out.len(), rust.len());
     for (i, (a, b)) in rust.iter().zip(&py_out).enumerate() {
         assert_eq!(a.len(), b.len());
         for (x, y) in a.iter().zip(b) {
-            assert!((x - y).abs() <= 1e-12 * (1.0 + y.abs()), "prompt {i}: rust {x} vs numpy {y}");
+            assert!(
+                (x - y).abs() <= 1e-12 * (1.0 + y.abs()),
+                "prompt {i}: rust {x} vs numpy {y}"
+            );
         }
     }
 }

@@ -34,7 +34,13 @@ log_every = 10
 }
 
 fn opts(out: &Path, resume: bool, stop_after: Option<usize>) -> TrainOptions {
-    TrainOptions { out: out.to_path_buf(), resume, stop_after, progress: false, device: Device::Cpu }
+    TrainOptions {
+        out: out.to_path_buf(),
+        resume,
+        stop_after,
+        progress: false,
+        device: Device::Cpu,
+    }
 }
 
 fn metric_losses(out: &Path) -> Vec<(usize, f64, f64)> {
@@ -43,7 +49,11 @@ fn metric_losses(out: &Path) -> Vec<(usize, f64, f64)> {
         .lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["step"].as_u64().unwrap() as usize, v["loss"].as_f64().unwrap(), v["ols_loss"].as_f64().unwrap())
+            (
+                v["step"].as_u64().unwrap() as usize,
+                v["loss"].as_f64().unwrap(),
+                v["ols_loss"].as_f64().unwrap(),
+            )
         })
         .collect()
 }
@@ -75,7 +85,11 @@ fn a_few_hundred_steps_reduce_the_loss() {
 #[test]
 fn checkpoint_round_trip_and_resume_is_bit_identical() {
     // momentum_learned exercises the extra learned tensor through checkpoints too.
-    let cfg = small_config(&["train.steps=40", "train.checkpoint_every=10", "model.momentum_learned=true"]);
+    let cfg = small_config(&[
+        "train.steps=40",
+        "train.checkpoint_every=10",
+        "model.momentum_learned=true",
+    ]);
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
     train::train(&cfg, &opts(a.path(), false, None)).unwrap();
@@ -88,15 +102,32 @@ fn checkpoint_round_trip_and_resume_is_bit_identical() {
     std::fs::create_dir_all(&junk).unwrap();
     std::fs::write(junk.join("model.safetensors"), b"partial").unwrap();
     // Resuming without --resume is refused; resuming with a different config is refused.
-    assert!(train::train(&cfg, &opts(b.path(), false, None)).unwrap_err().to_string().contains("--resume"));
-    let other = small_config(&["train.steps=40", "train.checkpoint_every=10", "train.lr=1e-3"]);
-    assert!(train::train(&other, &opts(b.path(), true, None)).unwrap_err().to_string().contains("different config"));
+    assert!(train::train(&cfg, &opts(b.path(), false, None))
+        .unwrap_err()
+        .to_string()
+        .contains("--resume"));
+    let other = small_config(&[
+        "train.steps=40",
+        "train.checkpoint_every=10",
+        "train.lr=1e-3",
+    ]);
+    assert!(train::train(&other, &opts(b.path(), true, None))
+        .unwrap_err()
+        .to_string()
+        .contains("different config"));
     train::train(&cfg, &opts(b.path(), true, None)).unwrap();
 
-    for f in ["model.safetensors", "config.json", "checkpoints/step-00000040/optimizer.safetensors"] {
+    for f in [
+        "model.safetensors",
+        "config.json",
+        "checkpoints/step-00000040/optimizer.safetensors",
+    ] {
         let x = std::fs::read(a.path().join(f)).unwrap();
         let y = std::fs::read(b.path().join(f)).unwrap();
-        assert!(x == y, "{f} differs between the uninterrupted and the resumed run");
+        assert!(
+            x == y,
+            "{f} differs between the uninterrupted and the resumed run"
+        );
     }
     // Metrics: same steps, same losses.
     let (ma, mb) = (metric_losses(a.path()), metric_losses(b.path()));
@@ -112,16 +143,29 @@ fn checkpoint_round_trip_and_resume_is_bit_identical() {
     let m2 = Transformer::load(dir2.path(), &Device::Cpu, None).unwrap();
     assert_eq!(m1.to_named().unwrap(), m2.to_named().unwrap());
     let ps = PromptDistribution::new(2, 4).sample_batch(5, 9);
-    assert_eq!(m1.predict_prompts(&ps).unwrap(), m2.predict_prompts(&ps).unwrap());
+    assert_eq!(
+        m1.predict_prompts(&ps).unwrap(),
+        m2.predict_prompts(&ps).unwrap()
+    );
 }
 
 #[test]
 fn non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint() {
     // An absurd learning rate without clipping drives the weights to inf/NaN within a few steps.
-    let cfg = small_config(&["train.lr=1e30", "train.clip=0", "train.warmup_frac=0", "train.checkpoint_every=1"]);
+    let cfg = small_config(&[
+        "train.lr=1e30",
+        "train.clip=0",
+        "train.warmup_frac=0",
+        "train.checkpoint_every=1",
+    ]);
     let dir = tempfile::tempdir().unwrap();
-    let e = train::train(&cfg, &opts(dir.path(), false, None)).unwrap_err().to_string();
-    assert!(e.contains("training stopped") && e.contains("last good checkpoint"), "{e}");
+    let e = train::train(&cfg, &opts(dir.path(), false, None))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("training stopped") && e.contains("last good checkpoint"),
+        "{e}"
+    );
     let (step, ck) = train::latest_checkpoint(dir.path()).unwrap().unwrap();
     assert!(e.contains(&format!("step {step}")), "{e}");
     // The kept checkpoint has finite weights and loads.
@@ -133,10 +177,14 @@ fn non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint() {
 
 #[test]
 fn bad_configs_name_the_field() {
-    let base = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/tiny.toml")).unwrap();
+    let base =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/tiny.toml")).unwrap();
     let parse = |text: &str, sets: &[&str]| {
         let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-        train::parse_config(text, "tiny.toml", &sets).map(|_| ()).unwrap_err().to_string()
+        train::parse_config(text, "tiny.toml", &sets)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
     };
     assert!(train::parse_config(&base, "tiny.toml", &[]).is_ok());
     let e = parse(&base.replace("heads = 4", "heads = 4\ndropout = 0.1"), &[]);
@@ -146,7 +194,10 @@ fn bad_configs_name_the_field() {
     let e = parse(&base, &["model.width=0"]);
     assert!(e.contains("model.width") && e.contains("at least 1"), "{e}");
     let e = parse(&base, &["model.heads=3"]);
-    assert!(e.contains("model.heads") && e.contains("do not divide width 64"), "{e}");
+    assert!(
+        e.contains("model.heads") && e.contains("do not divide width 64"),
+        "{e}"
+    );
     let e = parse(&base, &["train.lrate=1"]);
     assert!(e.contains("unknown field `lrate`"), "{e}");
     let e = parse(&base, &["train.lr"]);
@@ -163,14 +214,24 @@ fn bad_configs_name_the_field() {
 
 #[test]
 fn paper_config_parses_with_the_papers_setting() {
-    let cfg = train::load_config(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/paper.toml")), &[]).unwrap();
+    let cfg = train::load_config(
+        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/paper.toml")),
+        &[],
+    )
+    .unwrap();
     assert_eq!((cfg.task.d, cfg.task.n), (8, 40));
-    assert_eq!((cfg.model.layers, cfg.model.width, cfg.model.heads), (16, 512, 4));
+    assert_eq!(
+        (cfg.model.layers, cfg.model.width, cfg.model.heads),
+        (16, 512, 4)
+    );
     assert_eq!((cfg.train.batch, cfg.train.steps), (64, 500_000));
     assert_eq!(cfg.train.lr, 1e-4);
     let mc = cfg.model_config();
     // paper block: LayerNorm only on the MLP input, no final norm.
-    assert!(mc.layers.iter().all(|l| l.attn_norm.is_none() && l.norm.is_some()));
+    assert!(mc
+        .layers
+        .iter()
+        .all(|l| l.attn_norm.is_none() && l.norm.is_some()));
     assert!(mc.final_norm.is_none());
     assert_eq!(mc.max_len, 81);
 }
@@ -199,7 +260,14 @@ fn compiled_style_directory_evaluates_through_the_same_path() {
     let ml = 2 * n + 1;
     let layer = LayerConfig {
         attn_norm: None,
-        attn: Some(AttnConfig { heads: 1, head_dim: 4, qk: false, bias: true, zero_attn: true, momentum: None }),
+        attn: Some(AttnConfig {
+            heads: 1,
+            head_dim: 4,
+            qk: false,
+            bias: true,
+            zero_attn: true,
+            momentum: None,
+        }),
         norm: None,
         mlp: None,
     };
@@ -216,7 +284,10 @@ fn compiled_style_directory_evaluates_through_the_same_path() {
         final_norm: None,
         readout_row: Some(3),
     };
-    let mut t: NamedTensors = expected_tensors(&c).into_iter().map(|(k, s)| (k, RawTensor::zeros(&s))).collect();
+    let mut t: NamedTensors = expected_tensors(&c)
+        .into_iter()
+        .map(|(k, s)| (k, RawTensor::zeros(&s)))
+        .collect();
     for i in 0..3 {
         t.get_mut("embed.weight").unwrap().set2(i, i, 1.0);
     }
@@ -245,7 +316,11 @@ fn compiled_style_directory_evaluates_through_the_same_path() {
             })
             .sum::<f64>()
             / 50.0;
-        assert!((rep.rows[k].model - want).abs() <= 1e-12 * want.max(1.0), "k={k}: {} vs {want}", rep.rows[k].model);
+        assert!(
+            (rep.rows[k].model - want).abs() <= 1e-12 * want.max(1.0),
+            "k={k}: {} vs {want}",
+            rep.rows[k].model
+        );
     }
     assert_eq!(rep.rows[0].model, rep.rows[0].zero);
     // OLS is exact once k ≥ d (noiseless) and the table has a line per prefix length.

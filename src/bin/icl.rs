@@ -12,7 +12,11 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "icl", version, about = "Train and evaluate in-context linear-regression transformers")]
+#[command(
+    name = "icl",
+    version,
+    about = "Train and evaluate in-context linear-regression transformers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -86,11 +90,22 @@ fn main() {
 fn cmd_train(a: TrainArgs) -> Result<()> {
     let device = parse_device(&a.device)?;
     let out = a.out.unwrap_or_else(|| {
-        PathBuf::from("runs").join(a.config.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or("run".into()))
+        PathBuf::from("runs").join(
+            a.config
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or("run".into()),
+        )
     });
     let cfg = train::load_config(&a.config, &a.sets)?;
     let progress = std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
-    let opts = TrainOptions { out: out.clone(), resume: a.resume, stop_after: a.stop_after, progress, device };
+    let opts = TrainOptions {
+        out: out.clone(),
+        resume: a.resume,
+        stop_after: a.stop_after,
+        progress,
+        device,
+    };
     let s = train::train(&cfg, &opts)?;
     println!(
         "trained to step {} of {}: last batch loss {:.5}, {:.2} steps/s; model in {} (metrics.jsonl beside it)",
@@ -109,10 +124,14 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     // A trained run keeps its task in train.toml; otherwise N(0, I) inputs, N(0, I) weights, no noise.
     let tpath = a.model_dir.join("train.toml");
     let (dist, source) = if tpath.exists() {
-        let cfg = train::load_config(&tpath, &[]).with_context(|| format!("reading {}", tpath.display()))?;
+        let cfg = train::load_config(&tpath, &[])
+            .with_context(|| format!("reading {}", tpath.display()))?;
         (cfg.distribution(), format!("task of {}", tpath.display()))
     } else {
-        (PromptDistribution::new(model.config.d, model.config.n), "x ~ N(0, I), w ~ N(0, I), no noise".into())
+        (
+            PromptDistribution::new(model.config.d, model.config.n),
+            "x ~ N(0, I), w ~ N(0, I), no noise".into(),
+        )
     };
     let report = icl::eval::evaluate(&model, &dist, a.prompts, a.seed, a.lambda)?;
     if a.json {

@@ -14,7 +14,7 @@
 //! Every coefficient is compared exactly; rows no operation writes must get M = 0.
 
 use super::exact::Dy;
-use super::{check_disjoint, check_operand, writer_of, Content, Ctx, CertifyError, Part, RowState};
+use super::{check_disjoint, check_operand, writer_of, CertifyError, Content, Ctx, Part, RowState};
 use crate::ir::{OpKind, Pattern};
 use crate::layout::{OpPart, PlacedOp};
 use crate::model::config::AttnConfig;
@@ -179,7 +179,11 @@ pub fn check_attention(
                     ),
                 ));
             }
-            key.push(if real.is_empty() { (vec![], 0) } else { (real, count) });
+            key.push(if real.is_empty() {
+                (vec![], 0)
+            } else {
+                (real, count)
+            });
         }
         head_key.push(intern(key, &mut keys, &mut key_name));
     }
@@ -189,7 +193,11 @@ pub fn check_attention(
         if ob.data[r] != 0.0 {
             return Err(fail(
                 r,
-                format!("{pre}.o.bias[{r}] is {}, expected 0 ({})", ob.data[r], row_name(r)),
+                format!(
+                    "{pre}.o.bias[{r}] is {}, expected 0 ({})",
+                    ob.data[r],
+                    row_name(r)
+                ),
             ));
         }
     }
@@ -243,12 +251,13 @@ pub fn check_attention(
     let sk = intern(self_key(cols), &mut keys, &mut key_name);
     key_name[sk] = Some("self".into());
     let mut expected: Vec<HashMap<(usize, usize), Dy>> = Vec::new();
-    let add = |expected: &mut Vec<HashMap<(usize, usize), Dy>>, k: usize, r: usize, c: usize, v: Dy| {
-        if expected.len() <= k {
-            expected.resize(k + 1, HashMap::new());
-        }
-        expected[k].entry((r, c)).or_default().add_assign(&v);
-    };
+    let add =
+        |expected: &mut Vec<HashMap<(usize, usize), Dy>>, k: usize, r: usize, c: usize, v: Dy| {
+            if expected.len() <= k {
+                expected.resize(k + 1, HashMap::new());
+            }
+            expected[k].entry((r, c)).or_default().add_assign(&v);
+        };
     let mut prep = None;
     // The pattern each written row is expected to read through (for messages).
     let mut row_key: HashMap<usize, usize> = HashMap::new();
@@ -362,7 +371,10 @@ pub fn check_attention(
             }
         }
         if bad.len() > 1 {
-            msg.push_str(&format!(" ({} coefficients differ in this layer)", bad.len()));
+            msg.push_str(&format!(
+                " ({} coefficients differ in this layer)",
+                bad.len()
+            ));
         }
         return Err(fail(*r, msg));
     }

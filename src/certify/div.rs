@@ -14,14 +14,23 @@
 
 use super::bound::{add_up, div_up, mul_up};
 use super::exact::{q, rational_upper, Dy};
-use super::{attn::PrepInfo, mlp::ApplyInfo, Content, Ctx, CertifyError, ExtF64, LayerCertificate, Part, RangeValue, RowState, Verdict};
+use super::{
+    attn::PrepInfo, mlp::ApplyInfo, CertifyError, Content, Ctx, ExtF64, LayerCertificate, Part,
+    RangeValue, RowState, Verdict,
+};
 use crate::ir::OpKind;
 use num_rational::BigRational;
 use num_traits::{One, Signed};
 
 /// The relative error bound ε = δ + (1+δ)·x_max/2 (rounded up), with δ = |g²L/(2P²) − 1| and
 /// x_max = r_max/(2P²·den_min²). `None` when r_max is infinite or den_min ≤ 0.
-pub fn relative_bound(scale: &Dy, gain: &Dy, width: usize, r_max: f64, den_min: f64) -> Option<f64> {
+pub fn relative_bound(
+    scale: &Dy,
+    gain: &Dy,
+    width: usize,
+    r_max: f64,
+    den_min: f64,
+) -> Option<f64> {
     if !r_max.is_finite() || !(den_min > 0.0) || !den_min.is_finite() {
         return None;
     }
@@ -103,7 +112,8 @@ pub fn certify_division(
         p.reg(den).name.clone(),
         RangeValue::Interval([ExtF64(den_range.lo), ExtF64(den_range.hi)]),
     );
-    cert.ranges.insert("R".into(), RangeValue::Value(ExtF64(r_exact)));
+    cert.ranges
+        .insert("R".into(), RangeValue::Value(ExtF64(r_exact)));
     cert.assumptions = p.assumptions_on(den).map(|a| a.text.clone()).collect();
     cert.note = Some(format!(
         "LayerNorm division `{}`: payload ±P·{} in rows {}, {} with P = {}, gain g = {}, width {w}; \
@@ -126,7 +136,8 @@ pub fn certify_division(
             d
         }
     };
-    let eps_p = relative_bound(&prep.scale, &apply.gain, w, r_pert, dmin_p).unwrap_or(f64::INFINITY);
+    let eps_p =
+        relative_bound(&prep.scale, &apply.gain, w, r_pert, dmin_p).unwrap_or(f64::INFINITY);
     let after = ctx.ranges.before_op(k + 1, dst);
     for e in 0..p.reg(dst).shape.size() {
         let rn = ctx.row(num, e);

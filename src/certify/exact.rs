@@ -185,7 +185,16 @@ mod tests {
 
     #[test]
     fn doubles_convert_exactly_and_arithmetic_is_exact() {
-        for x in [1.0, -3.5, 0.1, 1e-300, 5e-324, 1e300, -0.0, 2f64.powi(60) + 4096.0] {
+        for x in [
+            1.0,
+            -3.5,
+            0.1,
+            1e-300,
+            5e-324,
+            1e300,
+            -0.0,
+            2f64.powi(60) + 4096.0,
+        ] {
             let d = Dy::from_f64(x).unwrap();
             assert_eq!(d.to_rational(), BigRational::from_float(x).unwrap(), "{x}");
         }

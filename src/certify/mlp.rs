@@ -15,7 +15,7 @@
 //! Every other row: identically 0.
 
 use super::exact::Dy;
-use super::{check_disjoint, check_operand, writer_of, Content, Ctx, CertifyError, Part, RowState};
+use super::{check_disjoint, check_operand, writer_of, CertifyError, Content, Ctx, Part, RowState};
 use crate::ir::OpKind;
 use crate::layout::{OpPart, PlacedOp};
 use crate::model::config::{MlpConfig, MlpKind, NormConfig};
@@ -73,7 +73,10 @@ pub fn check_mlp(
         ));
     }
     let pre = format!("layers.{l}");
-    let div_op = ops.iter().find(|o| o.part == OpPart::DivApply).map(|o| o.op);
+    let div_op = ops
+        .iter()
+        .find(|o| o.part == OpPart::DivApply)
+        .map(|o| o.op);
     match (norm, div_op) {
         (Some(nc), Some(k)) => {
             if ops.len() != 1 {
@@ -248,9 +251,15 @@ pub fn check_mlp(
                         for j in 0..sa.cols {
                             let ra = ctx.operand_row(a.reg, a.transposed, i, j);
                             let rb = ctx.operand_row(b.reg, b.transposed, j, kk);
-                            poly.quad.entry(key(ra, rb)).or_default().add_assign(&Dy::int(1));
+                            poly.quad
+                                .entry(key(ra, rb))
+                                .or_default()
+                                .add_assign(&Dy::int(1));
                         }
-                        poly.lin.entry(rd as u32).or_default().add_assign(&Dy::int(-1));
+                        poly.lin
+                            .entry(rd as u32)
+                            .or_default()
+                            .add_assign(&Dy::int(-1));
                     }
                 }
             }
@@ -268,10 +277,19 @@ pub fn check_mlp(
                                 continue;
                             }
                             let cd = Dy::from_f64(c).ok_or_else(|| {
-                                ctx.op_err(l, part, Some(k), format!("coefficient {c} is not finite"))
+                                ctx.op_err(
+                                    l,
+                                    part,
+                                    Some(k),
+                                    format!("coefficient {c} is not finite"),
+                                )
                             })?;
-                            let rs =
-                                ctx.operand_row(t.src.reg, t.src.transposed, j / sh.cols, j % sh.cols);
+                            let rs = ctx.operand_row(
+                                t.src.reg,
+                                t.src.transposed,
+                                j / sh.cols,
+                                j % sh.cols,
+                            );
                             poly.lin.entry(rs as u32).or_default().add_assign(&cd);
                         }
                     }
@@ -279,7 +297,10 @@ pub fn check_mlp(
                         ctx.op_err(l, part, Some(k), format!("bias {} is not finite", bias[e]))
                     })?;
                     poly.c.add_assign(&bdy);
-                    poly.lin.entry(rd as u32).or_default().add_assign(&Dy::int(-1));
+                    poly.lin
+                        .entry(rd as u32)
+                        .or_default()
+                        .add_assign(&Dy::int(-1));
                 }
             }
             OpKind::Div { dst, num, .. } => {
@@ -296,7 +317,14 @@ pub fn check_mlp(
                         Some(k),
                         format!(
                             "{} gets {gain}·LN(h)[{}]; the LayerNorm division needs a gain g > 0",
-                            ctx.content_name(ctx.row(*dst, 0), &Content::Val { reg: *dst, elem: 0, ver: None }),
+                            ctx.content_name(
+                                ctx.row(*dst, 0),
+                                &Content::Val {
+                                    reg: *dst,
+                                    elem: 0,
+                                    ver: None
+                                }
+                            ),
                             ctx.elem_name(*num, 0)
                         ),
                     ));
@@ -323,7 +351,10 @@ pub fn check_mlp(
                         .entry(ctx.row(*num, e) as u32)
                         .or_default()
                         .add_assign(&gain);
-                    poly.lin.entry(zr as u32).or_default().add_assign(&gain.neg());
+                    poly.lin
+                        .entry(zr as u32)
+                        .or_default()
+                        .add_assign(&gain.neg());
                 }
                 apply = Some(ApplyInfo {
                     op: k,
@@ -388,7 +419,10 @@ pub fn check_mlp(
                 let dst = p.ops[k].kind.dst();
                 format!("row {r} ({})", ctx.elem_name(dst, r - ctx.start[dst]))
             }
-            None => format!("{} (written by no operation of this layer)", ctx.content_name(r, &state[r].content)),
+            None => format!(
+                "{} (written by no operation of this layer)",
+                ctx.content_name(r, &state[r].content)
+            ),
         };
         let more = if bad.len() > 1 {
             format!(" ({} terms of this row differ)", bad.len())

@@ -172,7 +172,8 @@ pub fn run_check_with(
     let program = rebuild(&md.certificate.program)?;
     let cert = certify_model(&program, &md.files)
         .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
-    compare_claims(&md.certificate, &cert).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    compare_claims(&md.certificate, &cert)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     Ok(cert)
 }
 
@@ -271,10 +272,7 @@ impl<'a> Ctx<'a> {
     }
     /// Row of element (i, j) of an operand as seen after its transposition.
     pub fn operand_row(&self, reg: RegId, transposed: bool, i: usize, j: usize) -> usize {
-        self.row(
-            reg,
-            operand_index(self.p.reg(reg).shape, transposed, i, j),
-        )
+        self.row(reg, operand_index(self.p.reg(reg).shape, transposed, i, j))
     }
     pub fn elem_name(&self, reg: RegId, elem: usize) -> String {
         let r = self.p.reg(reg);
@@ -642,7 +640,10 @@ fn check_config(p: &Program, files: &ModelFiles) -> Result<(), CertifyError> {
     if lay.zero_row >= cfg.width {
         return Err(err(
             Part::Layout,
-            format!("zero_row {} is outside the width {}", lay.zero_row, cfg.width),
+            format!(
+                "zero_row {} is outside the width {}",
+                lay.zero_row, cfg.width
+            ),
         ));
     }
     if let Some(pl) = lay.div_payload {
@@ -675,7 +676,11 @@ fn place_registers(p: &Program, lay: &Layout, width: usize) -> Result<Vec<usize>
         }
     }
     for (id, r) in p.registers.iter().enumerate() {
-        let placed = lay.registers.iter().filter(|x| x.name == r.name).collect::<Vec<_>>();
+        let placed = lay
+            .registers
+            .iter()
+            .filter(|x| x.name == r.name)
+            .collect::<Vec<_>>();
         if placed.len() > 1 {
             return Err(err(
                 Part::Layout,
@@ -959,10 +964,7 @@ fn check_embedding(ctx: &Ctx) -> Result<Vec<RowState>, CertifyError> {
         let b = Builtin::from_name(name).expect("checked");
         for (e, r) in (rows[0]..rows[1]).enumerate() {
             if row_input[r].is_some() {
-                return Err(err(
-                    Part::Layout,
-                    format!("row {r} holds two inputs"),
-                ));
+                return Err(err(Part::Layout, format!("row {r} holds two inputs")));
             }
             row_input[r] = Some((b, e));
         }
@@ -991,7 +993,11 @@ fn check_embedding(ctx: &Ctx) -> Result<Vec<RowState>, CertifyError> {
             };
             let v = ew.at2(r, j);
             if v != want as u8 as f64 {
-                let tok = if j == 0 { "y".to_string() } else { format!("x[{}]", j - 1) };
+                let tok = if j == 0 {
+                    "y".to_string()
+                } else {
+                    format!("x[{}]", j - 1)
+                };
                 return bad(format!(
                     "embed.weight[{r}, {j}] (row {r}, token {tok}) is {v}, expected {}",
                     want as u8
@@ -1000,12 +1006,14 @@ fn check_embedding(ctx: &Ctx) -> Result<Vec<RowState>, CertifyError> {
         }
         // Bias + position: the built-in's value at column t, else 0. Exact: the sum of two
         // doubles is compared as an exact dyadic sum.
-        let b = Dy::from_f64(eb.data[r]).ok_or_else(|| {
-            err(Part::Embedding, format!("embed.bias[{r}] is not finite"))
-        })?;
+        let b = Dy::from_f64(eb.data[r])
+            .ok_or_else(|| err(Part::Embedding, format!("embed.bias[{r}] is not finite")))?;
         for t in 0..ctx.cols {
             let pv = Dy::from_f64(pos.at2(t, r)).ok_or_else(|| {
-                err(Part::Embedding, format!("pos.weight[{t}, {r}] is not finite"))
+                err(
+                    Part::Embedding,
+                    format!("pos.weight[{t}, {r}] is not finite"),
+                )
             })?;
             let want = match row_input[r] {
                 Some((bi, _)) => builtin_position_value(bi, t).unwrap_or(0.0),
@@ -1100,7 +1108,8 @@ fn check_readout(ctx: &Ctx, state: &[RowState]) -> Result<f64, CertifyError> {
                 "after the last layer, {}, expected the output `{}` as written by {}",
                 ctx.content_name(row, &state[row].content),
                 p.reg(out_reg).name,
-                last.map(|k| ctx.op_label(k)).unwrap_or_else(|| "the embedding".into())
+                last.map(|k| ctx.op_label(k))
+                    .unwrap_or_else(|| "the embedding".into())
             ),
         ));
     }
@@ -1147,11 +1156,16 @@ pub fn check_operand(
                     r,
                     ctx.elem_name(reg, e),
                     match &state[r].content {
-                        Content::Val { reg: r2, elem, ver: v2 } => format!(
+                        Content::Val {
+                            reg: r2,
+                            elem,
+                            ver: v2,
+                        } => format!(
                             "`{}` {}",
                             ctx.elem_name(*r2, *elem),
                             match v2 {
-                                Some(v) => format!("as written by op {v} (`{}`)", ctx.p.ops[*v].text),
+                                Some(v) =>
+                                    format!("as written by op {v} (`{}`)", ctx.p.ops[*v].text),
                                 None => "from the embedding".into(),
                             }
                         ),
@@ -1183,7 +1197,12 @@ pub fn writer_of(ctx: &Ctx, ops: &[PlacedOp]) -> BTreeMap<usize, usize> {
 }
 
 /// Rows written by the ops of one step must be disjoint.
-pub fn check_disjoint(ctx: &Ctx, l: usize, part: Part, ops: &[PlacedOp]) -> Result<(), CertifyError> {
+pub fn check_disjoint(
+    ctx: &Ctx,
+    l: usize,
+    part: Part,
+    ops: &[PlacedOp],
+) -> Result<(), CertifyError> {
     let mut owner: BTreeMap<usize, usize> = BTreeMap::new();
     for po in ops {
         let dst = ctx.p.ops[po.op].kind.dst();
@@ -1192,7 +1211,12 @@ pub fn check_disjoint(ctx: &Ctx, l: usize, part: Part, ops: &[PlacedOp]) -> Resu
             .collect();
         if po.part == OpPart::DivPrep {
             let pl = ctx.layout.div_payload.ok_or_else(|| {
-                ctx.op_err(l, part, Some(po.op), "a division but layout.json has no div_payload".into())
+                ctx.op_err(
+                    l,
+                    part,
+                    Some(po.op),
+                    "a division but layout.json has no div_payload".into(),
+                )
             })?;
             rows.extend(pl);
         }

@@ -21,19 +21,42 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("{path}: missing file ({source})")]
-    MissingFile { path: String, source: std::io::Error },
+    MissingFile {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: invalid config: {msg}")]
     Config { path: String, msg: String },
     #[error("{path}: {source}")]
-    TensorFile { path: String, source: tensors::TensorFileError },
+    TensorFile {
+        path: String,
+        source: tensors::TensorFileError,
+    },
     #[error("{path}: missing tensor `{name}` (expected shape {expected:?})")]
-    MissingTensor { path: String, name: String, expected: Vec<usize> },
+    MissingTensor {
+        path: String,
+        name: String,
+        expected: Vec<usize>,
+    },
     #[error("{path}: unexpected tensor `{name}` (shape {found:?}): the config does not use it")]
-    ExtraTensor { path: String, name: String, found: Vec<usize> },
+    ExtraTensor {
+        path: String,
+        name: String,
+        found: Vec<usize>,
+    },
     #[error("{path}: tensor `{name}` has shape {found:?}, expected {expected:?} from the config")]
-    Shape { path: String, name: String, expected: Vec<usize>, found: Vec<usize> },
+    Shape {
+        path: String,
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
     #[error("{path}: tensors have dtype {found}, but config.json says dtype {expected}")]
-    DType { path: String, expected: String, found: String },
+    DType {
+        path: String,
+        expected: String,
+        found: String,
+    },
     #[error("input: {0}")]
     Input(String),
     #[error("device: {0}")]
@@ -60,25 +83,34 @@ pub fn parse_device(s: &str) -> Result<Device> {
         "cpu" => Ok(Device::Cpu),
         s if s == "cuda" || s.starts_with("cuda:") => {
             let ordinal: usize = match s.strip_prefix("cuda:") {
-                Some(n) => n.parse().map_err(|_| ModelError::Device(format!("bad CUDA ordinal in `{s}`")))?,
+                Some(n) => n
+                    .parse()
+                    .map_err(|_| ModelError::Device(format!("bad CUDA ordinal in `{s}`")))?,
                 None => 0,
             };
             if cfg!(feature = "cuda") {
-                Device::new_cuda(ordinal).map_err(|e| ModelError::Device(format!("cannot open CUDA device {ordinal}: {e}")))
+                Device::new_cuda(ordinal).map_err(|e| {
+                    ModelError::Device(format!("cannot open CUDA device {ordinal}: {e}"))
+                })
             } else {
                 Err(ModelError::Device(
                     "this binary was built without CUDA support; rebuild with `--features cuda` or use `--device cpu`".into(),
                 ))
             }
         }
-        other => Err(ModelError::Device(format!("unknown device `{other}` (expected cpu or cuda)"))),
+        other => Err(ModelError::Device(format!(
+            "unknown device `{other}` (expected cpu or cuda)"
+        ))),
     }
 }
 
 /// Checks on a config beyond its JSON shape: the values the forward pass relies on.
 pub fn validate_config(c: &ModelConfig) -> std::result::Result<(), String> {
     if c.format != MODEL_FORMAT {
-        return Err(format!("field `format`: expected \"{MODEL_FORMAT}\", found \"{}\"", c.format));
+        return Err(format!(
+            "field `format`: expected \"{MODEL_FORMAT}\", found \"{}\"",
+            c.format
+        ));
     }
     if c.d == 0 {
         return Err("field `d`: must be at least 1".into());
@@ -91,7 +123,10 @@ pub fn validate_config(c: &ModelConfig) -> std::result::Result<(), String> {
     }
     if let Some(r) = c.readout_row {
         if r >= c.width {
-            return Err(format!("field `readout_row`: {r} is not a row of a width-{} hidden state", c.width));
+            return Err(format!(
+                "field `readout_row`: {r} is not a row of a width-{} hidden state",
+                c.width
+            ));
         }
     }
     let norm_ok = |eps: f64, what: String| {
@@ -113,11 +148,17 @@ pub fn validate_config(c: &ModelConfig) -> std::result::Result<(), String> {
         }
         if let Some(a) = &layer.attn {
             if a.heads == 0 || a.head_dim == 0 {
-                return Err(format!("layers[{l}].attn: heads and head_dim must be at least 1"));
+                return Err(format!(
+                    "layers[{l}].attn: heads and head_dim must be at least 1"
+                ));
             }
             match a.momentum {
-                Some(MomentumConfig::Fixed { eta }) if !(eta.is_finite() && (0.0..1.0).contains(&eta)) => {
-                    return Err(format!("layers[{l}].attn.momentum.eta: must be in [0, 1), found {eta}"));
+                Some(MomentumConfig::Fixed { eta })
+                    if !(eta.is_finite() && (0.0..1.0).contains(&eta)) =>
+                {
+                    return Err(format!(
+                        "layers[{l}].attn.momentum.eta: must be in [0, 1), found {eta}"
+                    ));
                 }
                 Some(MomentumConfig::Learned { learned: false }) => {
                     return Err(format!(
@@ -165,7 +206,10 @@ pub fn expected_tensors(c: &ModelConfig) -> BTreeMap<String, Vec<usize>> {
             put(format!("{p}.attn.o.weight"), vec![w, inner]);
             put(format!("{p}.attn.o.bias"), vec![w]);
             if a.bias {
-                put(format!("{p}.attn.bias"), vec![a.heads, c.max_len, c.max_len + 1]);
+                put(
+                    format!("{p}.attn.bias"),
+                    vec![a.heads, c.max_len, c.max_len + 1],
+                );
             }
             if let Some(MomentumConfig::Learned { .. }) = a.momentum {
                 put(format!("{p}.attn.momentum_logit"), vec![a.heads]);
@@ -202,7 +246,11 @@ pub fn check_tensors(c: &ModelConfig, t: &NamedTensors, path: &str) -> Result<()
     for (name, shape) in &expected {
         match t.get(name) {
             None => {
-                return Err(ModelError::MissingTensor { path: path.into(), name: name.clone(), expected: shape.clone() })
+                return Err(ModelError::MissingTensor {
+                    path: path.into(),
+                    name: name.clone(),
+                    expected: shape.clone(),
+                })
             }
             Some(found) if &found.shape != shape => {
                 return Err(ModelError::Shape {
@@ -216,7 +264,11 @@ pub fn check_tensors(c: &ModelConfig, t: &NamedTensors, path: &str) -> Result<()
         }
     }
     if let Some((name, found)) = t.iter().find(|(n, _)| !expected.contains_key(*n)) {
-        return Err(ModelError::ExtraTensor { path: path.into(), name: name.clone(), found: found.shape.clone() });
+        return Err(ModelError::ExtraTensor {
+            path: path.into(),
+            name: name.clone(),
+            found: found.shape.clone(),
+        });
     }
     Ok(())
 }
@@ -224,9 +276,14 @@ pub fn check_tensors(c: &ModelConfig, t: &NamedTensors, path: &str) -> Result<()
 /// Read and validate `config.json`.
 pub fn load_config(path: &Path) -> Result<ModelConfig> {
     let p = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ModelError::MissingFile { path: p.clone(), source: e })?;
-    let cfg: ModelConfig =
-        serde_json::from_str(&text).map_err(|e| ModelError::Config { path: p.clone(), msg: e.to_string() })?;
+    let text = std::fs::read_to_string(path).map_err(|e| ModelError::MissingFile {
+        path: p.clone(),
+        source: e,
+    })?;
+    let cfg: ModelConfig = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+        path: p.clone(),
+        msg: e.to_string(),
+    })?;
     validate_config(&cfg).map_err(|msg| ModelError::Config { path: p, msg })?;
     Ok(cfg)
 }
@@ -244,7 +301,10 @@ pub struct Transformer {
 
 impl std::fmt::Debug for Transformer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Transformer").field("config", &self.config).field("dtype", &self.dtype).finish()
+        f.debug_struct("Transformer")
+            .field("config", &self.config)
+            .field("dtype", &self.dtype)
+            .finish()
     }
 }
 
@@ -261,10 +321,16 @@ impl Transformer {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
             });
         }
-        let (named, file_dtype) =
-            tensors::load(&wpath).map_err(|e| ModelError::TensorFile { path: wp.clone(), source: e })?;
+        let (named, file_dtype) = tensors::load(&wpath).map_err(|e| ModelError::TensorFile {
+            path: wp.clone(),
+            source: e,
+        })?;
         if !named.is_empty() && file_dtype != cfg.dtype {
-            return Err(ModelError::DType { path: wp, expected: cfg.dtype.name().into(), found: file_dtype.name().into() });
+            return Err(ModelError::DType {
+                path: wp,
+                expected: cfg.dtype.name().into(),
+                found: file_dtype.name().into(),
+            });
         }
         check_tensors(&cfg, &named, &wp)?;
         let run = run_dtype.unwrap_or(cfg.dtype);
@@ -280,25 +346,39 @@ impl Transformer {
         run_dtype: DType,
         trainable: bool,
     ) -> Result<Self> {
-        validate_config(&config).map_err(|msg| ModelError::Config { path: "<config>".into(), msg })?;
+        validate_config(&config).map_err(|msg| ModelError::Config {
+            path: "<config>".into(),
+            msg,
+        })?;
         check_tensors(&config, named, "<tensors>")?;
         let dtype = candle_dtype(run_dtype);
         let varmap = trainable.then(VarMap::new);
         let mut params = BTreeMap::new();
         for (name, raw) in named {
-            let t = Tensor::from_vec(raw.data.clone(), raw.shape.as_slice(), device)?.to_dtype(dtype)?;
+            let t = Tensor::from_vec(raw.data.clone(), raw.shape.as_slice(), device)?
+                .to_dtype(dtype)?;
             let t = match &varmap {
                 Some(vm) => {
                     let var = candle_core::Var::from_tensor(&t)?;
                     let t = var.as_tensor().clone();
-                    vm.data().lock().expect("varmap lock").insert(name.clone(), var);
+                    vm.data()
+                        .lock()
+                        .expect("varmap lock")
+                        .insert(name.clone(), var);
                     t
                 }
                 None => t,
             };
             params.insert(name.clone(), t);
         }
-        Ok(Transformer { config, device: device.clone(), dtype, params, varmap, masks: Default::default() })
+        Ok(Transformer {
+            config,
+            device: device.clone(),
+            dtype,
+            params,
+            varmap,
+            masks: Default::default(),
+        })
     }
 
     pub fn device(&self) -> &Device {
@@ -317,7 +397,9 @@ impl Transformer {
     }
 
     fn p(&self, name: &str) -> Result<&Tensor> {
-        self.params.get(name).ok_or_else(|| ModelError::Input(format!("internal: parameter `{name}` missing")))
+        self.params
+            .get(name)
+            .ok_or_else(|| ModelError::Input(format!("internal: parameter `{name}` missing")))
     }
 
     /// All parameters as f64 tensors (exact for f32 and f64).
@@ -325,7 +407,13 @@ impl Transformer {
         let mut out = NamedTensors::new();
         for (name, t) in &self.params {
             let data = t.to_dtype(CDType::F64)?.flatten_all()?.to_vec1::<f64>()?;
-            out.insert(name.clone(), RawTensor { shape: t.dims().to_vec(), data });
+            out.insert(
+                name.clone(),
+                RawTensor {
+                    shape: t.dims().to_vec(),
+                    data,
+                },
+            );
         }
         Ok(out)
     }
@@ -356,7 +444,8 @@ impl Transformer {
         let var = c.sqr()?.mean_keepdim(D::Minus1)?;
         let denom = var.affine(1.0, eps)?.sqrt()?;
         let x = c.broadcast_div(&denom)?;
-        Ok(x.broadcast_mul(self.p(&format!("{prefix}.weight"))?)?.broadcast_add(self.p(&format!("{prefix}.bias"))?)?)
+        Ok(x.broadcast_mul(self.p(&format!("{prefix}.weight"))?)?
+            .broadcast_add(self.p(&format!("{prefix}.bias"))?)?)
     }
 
     fn causal_mask(&self, t: usize) -> Result<Tensor> {
@@ -364,8 +453,9 @@ impl Transformer {
         if let Some(m) = masks.get(&t) {
             return Ok(m.clone());
         }
-        let data: Vec<f64> =
-            (0..t).flat_map(|q| (0..t).map(move |k| if k <= q { 0.0 } else { f64::NEG_INFINITY })).collect();
+        let data: Vec<f64> = (0..t)
+            .flat_map(|q| (0..t).map(move |k| if k <= q { 0.0 } else { f64::NEG_INFINITY }))
+            .collect();
         let m = Tensor::from_vec(data, (t, t), &self.device)?.to_dtype(self.dtype)?;
         masks.insert(t, m.clone());
         Ok(m)
@@ -373,23 +463,36 @@ impl Transformer {
 
     /// Momentum matrix [heads, T, T] with entry η_h^{t−s} for s < t, else 0 (reference/dai.md §3).
     fn momentum_matrix(&self, a: &AttnConfig, prefix: &str, t: usize) -> Result<Option<Tensor>> {
-        let lag: Vec<f64> = (0..t).flat_map(|q| (0..t).map(move |k| if k < q { (q - k) as f64 } else { 0.0 })).collect();
-        let strict: Vec<f64> = (0..t).flat_map(|q| (0..t).map(move |k| if k < q { 1.0 } else { 0.0 })).collect();
+        let lag: Vec<f64> = (0..t)
+            .flat_map(|q| (0..t).map(move |k| if k < q { (q - k) as f64 } else { 0.0 }))
+            .collect();
+        let strict: Vec<f64> = (0..t)
+            .flat_map(|q| (0..t).map(move |k| if k < q { 1.0 } else { 0.0 }))
+            .collect();
         match a.momentum {
             None => Ok(None),
             Some(MomentumConfig::Fixed { eta }) => {
                 // Computed on the host in f64: η^{lag} for lag ≥ 1 (0^k = 0 for η = 0).
-                let data: Vec<f64> = lag.iter().zip(&strict).map(|(l, s)| s * eta.powf(*l)).collect();
+                let data: Vec<f64> = lag
+                    .iter()
+                    .zip(&strict)
+                    .map(|(l, s)| s * eta.powf(*l))
+                    .collect();
                 let m = Tensor::from_vec(data, (1, t, t), &self.device)?.to_dtype(self.dtype)?;
                 Ok(Some(m.broadcast_as((a.heads, t, t))?.contiguous()?))
             }
             Some(MomentumConfig::Learned { .. }) => {
                 // η_h^{lag} = exp(lag · log sigmoid(logit_h)), masked to s < t; differentiable.
                 let logit = self.p(&format!("{prefix}.momentum_logit"))?;
-                let log_eta = candle_nn::ops::sigmoid(logit)?.log()?.reshape((a.heads, 1, 1))?;
+                let log_eta = candle_nn::ops::sigmoid(logit)?
+                    .log()?
+                    .reshape((a.heads, 1, 1))?;
                 let lag = Tensor::from_vec(lag, (1, t, t), &self.device)?.to_dtype(self.dtype)?;
-                let strict = Tensor::from_vec(strict, (1, t, t), &self.device)?.to_dtype(self.dtype)?;
-                Ok(Some(lag.broadcast_mul(&log_eta)?.exp()?.broadcast_mul(&strict)?))
+                let strict =
+                    Tensor::from_vec(strict, (1, t, t), &self.device)?.to_dtype(self.dtype)?;
+                Ok(Some(
+                    lag.broadcast_mul(&log_eta)?.exp()?.broadcast_mul(&strict)?,
+                ))
             }
         }
     }
@@ -398,7 +501,9 @@ impl Transformer {
     fn attention(&self, a: &Tensor, cfg: &AttnConfig, prefix: &str) -> Result<Tensor> {
         let (b, t, _) = a.dims3()?;
         let (nh, hd) = (cfg.heads, cfg.head_dim);
-        let split = |x: Tensor| -> Result<Tensor> { Ok(x.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?) };
+        let split = |x: Tensor| -> Result<Tensor> {
+            Ok(x.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?)
+        };
         let v = split(self.linear(a, &format!("{prefix}.v"))?)?; // [B, H, T, hd]
         let mut scores = if cfg.qk {
             let q = split(self.linear(a, &format!("{prefix}.q"))?)?;
@@ -418,7 +523,11 @@ impl Transformer {
             null = null.broadcast_add(&bias.narrow(1, 0, t)?.narrow(2, ml, 1)?)?;
         }
         scores = scores.broadcast_add(&self.causal_mask(t)?)?;
-        let all = if cfg.zero_attn { Tensor::cat(&[&scores, &null], 3)? } else { scores };
+        let all = if cfg.zero_attn {
+            Tensor::cat(&[&scores, &null], 3)?
+        } else {
+            scores
+        };
         let p = softmax_neg_inf(&all)?;
         let p = p.narrow(3, 0, t)?;
         let mut o = p.matmul(&v)?; // [B, H, T, hd]
@@ -461,7 +570,11 @@ impl Transformer {
 
     /// Hidden states [B, T, width]: after the embedding, then after each layer (L+1 tensors;
     /// the final norm is not applied), and the predictions [B, T].
-    pub fn forward_with_hidden(&self, tokens: &Tensor, keep: bool) -> Result<(Tensor, Vec<Tensor>)> {
+    pub fn forward_with_hidden(
+        &self,
+        tokens: &Tensor,
+        keep: bool,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         let (_, t) = self.check_tokens(tokens)?;
         let tokens = tokens.to_dtype(self.dtype)?;
         let pos = self.p("pos.weight")?.narrow(0, 0, t)?;
@@ -524,7 +637,10 @@ impl Transformer {
             for chunk in idx.chunks(256) {
                 let group: Vec<Prompt> = chunk.iter().map(|&i| prompts[i].clone()).collect();
                 let tokens = self.prompts_tensor(&group)?;
-                let pred = self.forward(&tokens)?.to_dtype(CDType::F64)?.to_vec2::<f64>()?;
+                let pred = self
+                    .forward(&tokens)?
+                    .to_dtype(CDType::F64)?
+                    .to_vec2::<f64>()?;
                 for (row, &i) in pred.into_iter().zip(chunk) {
                     out[i] = row.into_iter().step_by(2).collect();
                 }
@@ -550,7 +666,9 @@ pub fn softmax_neg_inf(s: &Tensor) -> Result<Tensor> {
 
 /// Tokens of same-shape prompts as a [batch, 2n+1, d+1] f64 tensor.
 pub fn prompts_to_tensor(prompts: &[Prompt], d: usize, device: &Device) -> Result<Tensor> {
-    let first = prompts.first().ok_or_else(|| ModelError::Input("no prompts".into()))?;
+    let first = prompts
+        .first()
+        .ok_or_else(|| ModelError::Input("no prompts".into()))?;
     let t = first.columns();
     let mut data = Vec::with_capacity(prompts.len() * t * (d + 1));
     for (i, p) in prompts.iter().enumerate() {
@@ -573,7 +691,8 @@ pub fn prompts_to_tensor(prompts: &[Prompt], d: usize, device: &Device) -> Resul
 pub fn save_model_dir(dir: &Path, config: &ModelConfig, named: &NamedTensors) -> Result<()> {
     check_tensors(config, named, "<tensors>")?;
     std::fs::create_dir_all(dir).map_err(|e| ModelError::Io(format!("{}: {e}", dir.display())))?;
-    let json = serde_json::to_string_pretty(config).map_err(|e| ModelError::Io(e.to_string()))? + "\n";
+    let json =
+        serde_json::to_string_pretty(config).map_err(|e| ModelError::Io(e.to_string()))? + "\n";
     let io = |p: PathBuf, e: std::io::Error| ModelError::Io(format!("{}: {e}", p.display()));
     let cpath = dir.join("config.json");
     tensors::write_atomic(&cpath, json.as_bytes()).map_err(|e| io(cpath.clone(), e))?;
