@@ -150,7 +150,7 @@ fn reject_cases() -> Vec<Case> {
         // ---- aff selections and unit vectors
         case(
             "aff_index_out_of_range",
-            "reg m: mat[2, 3]\nmov w <- x from prev\nmul m <- w * [[1, 2, 3]]\naff r <- m[2, :]\nmov o <- y from prev\noutput o\n",
+            "reg m: mat[2, 3]\nreg v: vec[3]\nmov w <- x from prev\naff v <- [1, 2, 3]\nmul m <- w * v^T\naff r <- m[2, :]\nmov o <- y from prev\noutput o\n",
             &["index-range"],
         ),
         case(
@@ -252,9 +252,10 @@ fn aff_selections_and_unit_vectors() {
     // d = 2; m = w·[1 2 3] is mat[2, 3] (row-major: element (i, j) is 3i + j).
     let p = accept(
         "param d = 2\nparam n = 1\n\
-         reg m: mat[2, 3]\nreg r: vec[3]\nreg c: vec[2]\n\
+         reg m: mat[2, 3]\nreg r: vec[3]\nreg c: vec[2]\nreg v: vec[3]\n\
          mov w <- x from prev\n\
-         mul m <- w * [[1, 2, 3]]\n\
+         aff v <- [1, 2, 3]\n\
+         mul m <- w * v^T\n\
          for k in 1..=1 {\n\
          aff r <- 2 * m[k, :] + e(k)\n\
          }\n\
@@ -270,8 +271,8 @@ fn aff_selections_and_unit_vectors() {
         transposed: false,
     };
     // aff r <- 2 * m[1, :] + e(1): r_j = 2 m_{1j}: coef (3×6) has 2 at (j, 3 + j); bias e_1.
-    let OpKind::Aff { dst, terms, bias } = &p.ops[2].kind else {
-        panic!("{:?}", p.ops[2].kind)
+    let OpKind::Aff { dst, terms, bias } = &p.ops[3].kind else {
+        panic!("{:?}", p.ops[3].kind)
     };
     assert_eq!(*dst, id("r"));
     assert_eq!(terms.len(), 1);
@@ -283,7 +284,7 @@ fn aff_selections_and_unit_vectors() {
     assert_eq!(terms[0].coef, want);
     assert_eq!(bias, &vec![0.0, 1.0, 0.0]);
     // aff c <- m[:, 2] - e(0): c_i = m_{i2} = element 3i + 2; bias −e_0.
-    let OpKind::Aff { dst, terms, bias } = &p.ops[3].kind else {
+    let OpKind::Aff { dst, terms, bias } = &p.ops[4].kind else {
         panic!()
     };
     assert_eq!(*dst, id("c"));
@@ -294,7 +295,7 @@ fn aff_selections_and_unit_vectors() {
     assert_eq!(terms[0].coef, want);
     assert_eq!(bias, &vec![-1.0, 0.0]);
     // aff s <- m[1, 0] - w[1]: one-hot at element 3 of m, −1 at element 1 of w.
-    let OpKind::Aff { dst, terms, bias } = &p.ops[4].kind else {
+    let OpKind::Aff { dst, terms, bias } = &p.ops[5].kind else {
         panic!()
     };
     assert_eq!(*dst, id("s"));
