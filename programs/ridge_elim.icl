@@ -3,15 +3,10 @@
 #
 # At every x̃_k column: out = x_kᵀ w, with S w = b, S = λI + Σ_{i<k} x_i x_iᵀ, b = Σ_{i<k} x_i y_i
 # (ridge(λ) on examples 1..k−1, like ridge.icl, but with O(d) depth instead of O(n)).
-# Reproduces the paper's ridge baseline (Akyürek et al. 2023, §4.3); the paper builds ridge from
-# Sherman–Morrison steps only (Theorem 2), whose depth grows with n.
-#
-# LIMITATION: d must be 4 (the paper's probing dimension). Gauss–Jordan needs the unit vectors
-# e_k, and the language has no d-generic way to build them: every constant a program can form
-# from scalars, `I` and d-free literals is invariant under permuting the coordinates, and e_k is
-# not. Here e_k is a 4-entry literal whose entries are the Lagrange polynomials in k that are 1
-# at j = k and 0 at the other j ∈ {1..4}; another d needs another literal (or a language
-# addition such as a unit-vector coefficient).
+# Reproduces the paper's ridge baseline (Akyürek et al. 2023, §4.3,
+# https://arxiv.org/abs/2211.15661); the paper builds ridge from Sherman–Morrison steps only
+# (Theorem 2), whose depth grows with n. Works for every d: pivot k's row, column and element are
+# picked by the aff selections `S[k, :]`, `S[:, k]`, `S[k, k]`, and e(k) is the unit-vector bias.
 #
 # Normal equations: `mov xp <- x from prev` puts x_i at the ỹ_i column, where y = y_i. There
 # P = x_i x_iᵀ and py = x_i y_i; mean(y) at x̃_k averages the k−1 ỹ columns before it, and
@@ -19,15 +14,18 @@
 # A matrix times a scalar register is not a matrix product, so P is flattened to a d²-vector
 # (aff with `I`: same row-major order) for the multiplication by count.
 #
-# Gauss–Jordan on G = [S | b] without pivoting, step k with c = G e_k (column k), piv = c_k:
-#     G ← G − (c − e_k)(e_kᵀ G)/piv
-# (row i ≠ k: G_i − c_i G_k/piv eliminates column k; row k: G_k − (piv − 1)G_k/piv = G_k/piv).
-# After the d steps S = I and b = S⁻¹b = w.
+# Gauss–Jordan on S and b without pivoting, step k = 0..d−1 (0-based), piv = S_kk,
+# r = S[k, :] (row k), c = S[:, k] − e_k (column k minus the unit vector), rn = r/piv, bn = b_k/piv:
+#     S ← S − c rnᵀ,   b ← b − c bn
+# Row i ≠ k: S_i − S_ik·S_k/piv eliminates column k; row k: S_k − (piv − 1)·S_k/piv = S_k/piv
+# normalizes it (likewise for b). After the d steps S = I and b = S⁻¹b = w.
 # Pivots: the k-th pivot of Gaussian elimination of the SPD S is the Schur complement
 # S_kk − S_{k,<k} S_{<k,<k}⁻¹ S_{<k,k} (Gauss–Jordan's extra eliminations above the diagonal do not
 # change row k's entries right of column k−1 before step k), and every Schur complement of S
-# satisfies ≥ λ_min(S) ≥ λ because S ⪰ λI. So piv ≥ λ; the assumption allows λ/2 for f64
-# rounding of a pivot that equals λ exactly (columns with fewer than d examples).
+# satisfies ≥ λ_min(S) ≥ λ because S ⪰ λI. So piv ≥ λ > 0 (and |piv| = piv); the assumption
+# allows λ/2 for f64 rounding of a pivot that equals λ exactly (columns with fewer than d
+# examples).
+# Per k the dependent chain is four steps: {piv, r, c, bk} → {rn, bn} → {O, ob} → {S, b}.
 
 param d = 4
 param n = 8
@@ -47,16 +45,14 @@ reg S: mat[d, d]
 reg py: vec[d]
 reg my: vec[d]
 reg b: vec[d]
-reg e: vec[d]
-reg c: vec[d]
-reg rS: mat[1, d]
-reg rb: scalar
 reg piv: scalar
-reg cm: vec[d]
+reg r: vec[d]
+reg c: vec[d]
+reg rn: vec[d]
+reg bk: scalar
+reg bn: scalar
 reg O: mat[d, d]
-reg Ob: vec[d]
-reg q: mat[d, d]
-reg qb: vec[d]
+reg ob: vec[d]
 reg out: scalar
 
 assume piv >= lambda/2
@@ -70,20 +66,17 @@ aff S <- I * Sv + lambda * I       # S = XᵀX + λI
 mul py <- xp * y                   # x_i y_i at ỹ_i
 mov my <- py from mean(y)
 mul b <- my * count                # b = Xᵀy
-for k in 1..=d {
-    # e_k for d = 4: entry j is Π_{m≠j} (k − m)/(j − m).
-    aff e <- [(k-2)*(k-3)*(k-4)/(-6), (k-1)*(k-3)*(k-4)/2, (k-1)*(k-2)*(k-4)/(-2), (k-1)*(k-2)*(k-3)/6]
-    mul c <- S * e                 # column k
-    mul rS <- e^T * S              # row k of S
-    mul rb <- e^T * b              # row k of b
-    mul piv <- e^T * c             # S_kk
-    aff cm <- c - e
-    mul O <- cm * rS
-    mul Ob <- cm * rb
-    div q <- O / |piv|
-    div qb <- Ob / |piv|
-    aff S <- S - q
-    aff b <- b - qb
+for k in 0..d {
+    aff piv <- S[k, k]             # pivot S_kk
+    aff r <- S[k, :]               # row k
+    aff c <- S[:, k] - e(k)        # column k − e_k
+    aff bk <- b[k]
+    div rn <- r / |piv|            # S_k / piv
+    div bn <- bk / |piv|           # b_k / piv
+    mul O <- c * rn^T
+    mul ob <- c * bn
+    aff S <- S - O
+    aff b <- b - ob
 }
 mul out <- b^T * x
 output out

@@ -204,9 +204,29 @@ fn has_name(e: &Expr, pred: &dyn Fn(&str) -> bool) -> bool {
         ExprKind::Name(n) => pred(n),
         ExprKind::Neg(a) | ExprKind::Transpose(a) => has_name(a, pred),
         ExprKind::Bin(_, a, b) => has_name(a, pred) || has_name(b, pred),
-        ExprKind::List(items) => items.iter().any(|i| has_name(i, pred)),
+        ExprKind::List(items) | ExprKind::Call(_, items) => items.iter().any(|i| has_name(i, pred)),
+        ExprKind::Index(a, idx) => {
+            has_name(a, pred) || idx.iter().flatten().any(|i| has_name(i, pred))
+        }
     }
 }
+
+/// An index list `[i, :]` of an aff source (`None` is `:`).
+type IndexList<'e> = Option<&'e [Option<Expr>]>;
+
+/// An aff term before expansion: (sign, coefficient, register, transposed, span of the
+/// summand, shape of the operand as written (after selection and transposition), selection).
+/// The selection lists the flat (row-major, untransposed) element indices of the register that
+/// the operand `S[i, :]` etc. picks, in the operand's row-major order, and the register's size.
+type PreTerm = (
+    f64,
+    Coef,
+    usize,
+    bool,
+    Span,
+    Option<Shape>,
+    Option<(Vec<usize>, usize)>,
+);
 
 /// Splits an aff right-hand side into signed summands: `a - (b + 2)` → `+a, -b, -2`.
 fn summands<'e>(e: &'e Expr, sign: f64, out: &mut Vec<(f64, &'e Expr)>) {
@@ -224,29 +244,30 @@ fn summands<'e>(e: &'e Expr, sign: f64, out: &mut Vec<(f64, &'e Expr)>) {
     }
 }
 
-/// `Name` or `Name^T`: the register name, transposition flag.
-fn as_operand(e: &Expr) -> Option<(&str, bool, Span)> {
-    match &e.kind {
-        ExprKind::Name(n) => Some((n, false, e.span)),
-        ExprKind::Transpose(a) => match &a.kind {
-            ExprKind::Name(n) => Some((n, true, e.span)),
+/// `Name`, `Name[…]`, optionally `^T`: the register name, transposition flag, span, indices.
+fn as_operand(e: &Expr) -> Option<(&str, bool, Span, IndexList<'_>)> {
+    fn base(e: &Expr) -> Option<(&str, IndexList<'_>)> {
+        match &e.kind {
+            ExprKind::Name(n) => Some((n, None)),
+            ExprKind::Index(b, idx) => match &b.kind {
+                ExprKind::Name(n) => Some((n, Some(&idx[..]))),
+                _ => None,
+            },
             _ => None,
-        },
-        _ => None,
+        }
+    }
+    match &e.kind {
+        ExprKind::Transpose(a) => base(a).map(|(n, i)| (n, true, e.span, i)),
+        _ => base(e).map(|(n, i)| (n, false, e.span, i)),
     }
 }
-
-/// An aff term before expansion: (sign, coefficient, source register, transposed, span of the
-/// summand, source shape after transposition).
-type RawTerm = (f64, Coef, usize, bool, Span, Option<Shape>);
-
-/// A summand read as (coefficient expression, operand (name, transposed, span), `REG / c`).
-type TermForm<'e> = (Option<&'e Expr>, Option<(&'e str, bool, Span)>, bool);
 
 /// A coefficient or bias before expansion.
 enum Coef {
     Scalar(f64),
     Identity(f64),
+    /// `e(k)`: the unit vector with a 1 at element k (bias only; sized by the destination).
+    Unit(i64),
     Matrix {
         rows: usize,
         cols: usize,
@@ -1419,10 +1440,33 @@ impl<'a> Checker<'a> {
             .collect();
         let is_reg = |n: &str| -> bool { regset.contains(n) };
         // (sign, coefficient, register, transposed, span of the summand)
-        let mut terms: Vec<RawTerm> = Vec::new();
+        let mut terms: Vec<PreTerm> = Vec::new();
         let mut biases: Vec<(f64, Coef, Span)> = Vec::new();
         let mut ok = true;
         for (sign, e) in parts {
+            // `e(k)`: a unit-vector bias, sized once the destination's shape is known.
+            if let ExprKind::Call(f, args) = &e.kind {
+                if f.name == "e" && !has_name(e, &is_reg) {
+                    if args.len() != 1 {
+                        let d = self.with_iter(
+                            Diagnostic::new(
+                                "bad-unit",
+                                e.span,
+                                format!("`e(k)` takes one index, found {}", args.len()),
+                            )
+                            .label("write `e(k)` with k an integer constant expression"),
+                        );
+                        self.err(d);
+                        ok = false;
+                    } else {
+                        match self.eval_int(&args[0], "the index of `e(k)`") {
+                            Some(k) => biases.push((sign, Coef::Unit(k), args[0].span)),
+                            None => ok = false,
+                        }
+                    }
+                    continue;
+                }
+            }
             if !has_name(e, &is_reg) {
                 match self.eval(e).map(to_coef) {
                     Some(Some(c)) => biases.push((sign, c, e.span)),
@@ -1431,8 +1475,14 @@ impl<'a> Checker<'a> {
                 }
                 continue;
             }
-            // Forms: REG, REG^T, COEF * REG, REG * c, REG / c (COEF, c constant).
-            let (coef_expr, opnd, inverse): TermForm<'_> = match &e.kind {
+            // Forms: REG, REG^T, COEF * REG, REG * c, REG / c (COEF, c constant); REG may be
+            // indexed (`S[i, :]`).
+            #[allow(clippy::type_complexity)]
+            let (coef_expr, opnd, inverse): (
+                Option<&Expr>,
+                Option<(&str, bool, Span, IndexList)>,
+                bool,
+            ) = match &e.kind {
                 _ if as_operand(e).is_some() => (None, as_operand(e), false),
                 ExprKind::Bin(BinOp::Mul, c, r)
                     if !has_name(c, &is_reg) && as_operand(r).is_some() =>
@@ -1451,7 +1501,7 @@ impl<'a> Checker<'a> {
                 }
                 _ => (None, None, false),
             };
-            let Some((rname, transposed, _)) = opnd else {
+            let Some((rname, transposed, _, index)) = opnd else {
                 let mut d = Diagnostic::new(
                     "bad-aff-term",
                     e.span,
@@ -1507,15 +1557,21 @@ impl<'a> Checker<'a> {
                 },
             };
             let r = self.reg_index.get(rname).copied();
-            let sh = r.and_then(|r| self.read(r, e.span)).map(|sh| {
-                if transposed {
-                    sh.transposed()
-                } else {
-                    sh
-                }
-            });
+            let rsh = r.and_then(|r| self.read(r, e.span));
+            // Element selection: the operand's shape and the flat indices it picks.
+            let (sh, sel) = match (rsh, index) {
+                (Some(rsh), Some(idx)) => match self.select(rname, rsh, idx, e.span) {
+                    Some((sh, flat)) => (Some(sh), Some((flat, rsh.size()))),
+                    None => {
+                        ok = false;
+                        (None, None)
+                    }
+                },
+                (rsh, _) => (rsh, None),
+            };
+            let sh = sh.map(|sh| if transposed { sh.transposed() } else { sh });
             match (coef, r) {
-                (Some(c), Some(r)) => terms.push((sign, c, r, transposed, e.span, sh)),
+                (Some(c), Some(r)) => terms.push((sign, c, r, transposed, e.span, sh, sel)),
                 _ => ok = false,
             }
         }
@@ -1552,11 +1608,12 @@ impl<'a> Checker<'a> {
         };
         let dsize = dsh.size();
         let mut out_terms = Vec::new();
-        for (sign, c, r, transposed, span, sh) in &terms {
+        for (sign, c, r, transposed, span, sh, sel) in &terms {
             let ssh = sh.unwrap_or(Shape::SCALAR);
             let ssize = ssh.size();
-            // Budget the dense |dst|×|src| coefficient before allocating it.
-            let need = dsize.saturating_mul(ssize);
+            // Budget the dense |dst|×|src| coefficient (src: the whole register) before
+            // allocating it.
+            let need = dsize.saturating_mul(sel.as_ref().map_or(ssize, |s| s.1));
             if self.coefs_used.saturating_add(need) > MAX_COEFS {
                 let d = self.with_iter(
                     Diagnostic::new("too-large", s.span, format!("the dense aff coefficients exceed {MAX_COEFS} entries over the program"))
@@ -1567,7 +1624,11 @@ impl<'a> Checker<'a> {
                 return;
             }
             let name = &self.regs[*r].name;
-            let src_txt = format!("{name}{}", if *transposed { "^T" } else { "" });
+            let src_txt = if sel.is_some() {
+                format!("{name}[…]{}", if *transposed { "^T" } else { "" })
+            } else {
+                format!("{name}{}", if *transposed { "^T" } else { "" })
+            };
             let coef: Option<Vec<f64>> = match c {
                 Coef::Scalar(x) => {
                     if ssh == dsh {
@@ -1626,6 +1687,24 @@ impl<'a> Checker<'a> {
                         None
                     }
                 }
+                Coef::Unit(_) => None, // only ever a bias (never built for a term)
+            };
+            // A selection is the constant linear map "pick these elements": the |dst|×|sel|
+            // coefficient C becomes the |dst|×|reg| matrix whose column flat[s] is C's column s
+            // (other columns 0), over the whole, untransposed register. Transposing a selected
+            // row/column/element does not change its row-major flattening, so only the shape
+            // rules above saw the transposition.
+            let (coef, src_transposed) = match (coef, sel) {
+                (Some(c), Some((flat, rsize))) => {
+                    let mut full = vec![0.0; dsize * rsize];
+                    for i in 0..dsize {
+                        for (s, &f) in flat.iter().enumerate() {
+                            full[i * rsize + f] += c[i * ssize + s];
+                        }
+                    }
+                    (Some(full), false)
+                }
+                (c, _) => (c, *transposed),
             };
             match coef {
                 Some(coef) => {
@@ -1633,7 +1712,7 @@ impl<'a> Checker<'a> {
                     out_terms.push(AffTerm {
                         src: Operand {
                             reg: *r,
-                            transposed: *transposed,
+                            transposed: src_transposed,
                         },
                         coef,
                     });
@@ -1654,6 +1733,33 @@ impl<'a> Checker<'a> {
                     let d = self.with_iter(
                         Diagnostic::new("shape-mismatch", *span, format!("shape mismatch in aff: bias `I` needs a square destination, `{}` is {dsh}", dst.name))
                             .label("identity bias"),
+                    );
+                    self.err(d);
+                    ok = false;
+                }
+                // e(k) = the k-th unit vector (0-based) of the vector destination.
+                Coef::Unit(k) if dsh.cols == 1 && *k >= 0 && (*k as usize) < dsh.rows => {
+                    bias[*k as usize] += sign;
+                }
+                Coef::Unit(k) if dsh.cols == 1 => {
+                    let d = self.with_iter(
+                        Diagnostic::new(
+                            "index-range",
+                            *span,
+                            format!(
+                                "index out of range: `e({k})` needs 0 <= k < {} (the size of `{}`)",
+                                dsh.rows, dst.name
+                            ),
+                        )
+                        .label(format!("k = {k}")),
+                    );
+                    self.err(d);
+                    ok = false;
+                }
+                Coef::Unit(_) => {
+                    let d = self.with_iter(
+                        Diagnostic::new("shape-mismatch", *span, format!("shape mismatch in aff: the unit vector `e(k)` needs a vector destination, `{}` is {dsh}", dst.name))
+                            .label("unit-vector bias"),
                     );
                     self.err(d);
                     ok = false;
@@ -1691,7 +1797,75 @@ impl<'a> Checker<'a> {
     /// Shape of an implicit aff destination: a non-scalar source under a scalar or identity
     /// coefficient; else the rows of a matrix coefficient (a vector); else the bias's shape;
     /// else scalar when everything is scalar.
-    fn infer_aff_shape(&self, terms: &[RawTerm], biases: &[(f64, Coef, Span)]) -> Option<Shape> {
+    /// The selection `name[idx]` of a register of shape `rsh`: the selected shape and the flat
+    /// (row-major) element indices, in the selection's row-major order. `v[i]` on a vector,
+    /// `S[i, j]` / `S[i, :]` / `S[:, j]` / `S[:, :]` on any register (a vector is d×1).
+    fn select(
+        &mut self,
+        name: &str,
+        rsh: Shape,
+        idx: &[Option<Expr>],
+        span: Span,
+    ) -> Option<(Shape, Vec<usize>)> {
+        let axes: Vec<(usize, &Option<Expr>)> = match idx {
+            [i] if rsh.cols == 1 => vec![(rsh.rows, i), (1, &None)],
+            [i, j] => vec![(rsh.rows, i), (rsh.cols, j)],
+            _ => {
+                let d = self.with_iter(
+                    Diagnostic::new(
+                        "bad-index",
+                        span,
+                        format!(
+                            "`{name}` is {rsh}: index it with {}, found {} index(es)",
+                            if rsh.cols == 1 {
+                                "`[i]` or `[i, j]`"
+                            } else {
+                                "`[i, j]` (each an integer or `:`)"
+                            },
+                            idx.len()
+                        ),
+                    )
+                    .label("wrong number of indices"),
+                );
+                self.err(d);
+                return None;
+            }
+        };
+        // Per axis: the selected positions, and whether the axis is kept (`:`).
+        let mut pos: Vec<(Vec<usize>, bool)> = Vec::new();
+        for (n, ix) in axes {
+            match ix {
+                None => pos.push(((0..n).collect(), true)),
+                Some(ex) => {
+                    let k = self.eval_int(ex, "an index")?;
+                    if k < 0 || k as usize >= n {
+                        let d = self.with_iter(
+                            Diagnostic::new("index-range", ex.span, format!("index out of range: `{name}` is {rsh}, this axis has {n} element(s) (0-based), found {k}"))
+                                .label(format!("needs 0 <= index < {n}")),
+                        );
+                        self.err(d);
+                        return None;
+                    }
+                    pos.push((vec![k as usize], false));
+                }
+            }
+        }
+        let (rs, rkeep) = &pos[0];
+        let (cs, ckeep) = &pos[1];
+        let flat = rs
+            .iter()
+            .flat_map(|&r| cs.iter().map(move |&c| r * rsh.cols + c))
+            .collect();
+        let sh = match (rkeep, ckeep) {
+            (true, true) => rsh,
+            (true, false) => Shape::vec(rs.len()),
+            (false, true) => Shape::vec(cs.len()),
+            (false, false) => Shape::SCALAR,
+        };
+        Some((sh, flat))
+    }
+
+    fn infer_aff_shape(&self, terms: &[PreTerm], biases: &[(f64, Coef, Span)]) -> Option<Shape> {
         for t in terms {
             if let (Coef::Scalar(_) | Coef::Identity(_), Some(sh)) = (&t.1, t.5) {
                 if !sh.is_scalar() {

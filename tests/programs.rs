@@ -289,7 +289,7 @@ fn measure_max_errors() {
             "programs/ridge_elim.icl",
             &[("lambda", lambda.to_string())],
             Solver::Ridge { lambda },
-            4,
+            d,
             n,
             seed,
         ));
@@ -313,7 +313,7 @@ fn measure_max_errors() {
         40,
         1,
     );
-    println!("max relative error over 200 cases: ridge {:e}, sgd {:e}, gd {:e}, ridge_elim (d=4) {:e}; exact-vs-f64 ridge (20 cases) {:e}; ridge d=8 n=40 {:e}",
+    println!("max relative error over 200 cases: ridge {:e}, sgd {:e}, gd {:e}, ridge_elim (d=1..5) {:e}; exact-vs-f64 ridge (20 cases) {:e}; ridge d=8 n=40 {:e}",
         worst[0], worst[1], worst[2], worst[4], worst[3], big);
     assert!(worst.iter().all(|&e| e <= 1e-10) && big <= 1e-10);
 }
@@ -358,12 +358,12 @@ fn ridge_program_chain_per_example_is_five_steps() {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(16))]
 
-    /// ridge_elim.icl (d = 4 only, see the program) is ridge(λ).
+    /// ridge_elim.icl is ridge(λ) for every d (here 1..=6).
     #[test]
-    fn ridge_elim_program_is_ridge(n in 1usize..10, lambda in 0.1f64..2.0, seed in any::<u64>()) {
-        let err = vs_solver("programs/ridge_elim.icl", &[("lambda", lambda.to_string())], Solver::Ridge { lambda }, 4, n, seed);
-        prop_assert!(err <= 1e-10, "relative error {err:e}");
-        let err = exact_vs_f64("programs/ridge_elim.icl", &[("lambda", lambda.to_string())], 4, n.min(3), seed);
+    fn ridge_elim_program_is_ridge(d in 1usize..=6, n in 1usize..10, lambda in 0.1f64..2.0, seed in any::<u64>()) {
+        let err = vs_solver("programs/ridge_elim.icl", &[("lambda", lambda.to_string())], Solver::Ridge { lambda }, d, n, seed);
+        prop_assert!(err <= 1e-10, "relative error {err:e} at d = {d}");
+        let err = exact_vs_f64("programs/ridge_elim.icl", &[("lambda", lambda.to_string())], d.min(3), n.min(3), seed);
         prop_assert!(err <= 1e-12, "exact vs f64: relative error {err:e}");
     }
 }

@@ -147,6 +147,32 @@ fn reject_cases() -> Vec<Case> {
                 "duplicate-output",
             ],
         ),
+        // ---- aff selections and unit vectors
+        case(
+            "aff_index_out_of_range",
+            "reg m: mat[2, 3]\nreg v: vec[3]\nmov w <- x from prev\naff v <- [1, 2, 3]\nmul m <- w * v^T\naff r <- m[2, :]\nmov o <- y from prev\noutput o\n",
+            &["index-range"],
+        ),
+        case(
+            "aff_index_loop_var_out_of_range",
+            "mov w <- x from prev\nreg c: vec[2]\nfor k in 0..=2 {\naff c <- 2 * w[k]\n}\nmov o <- y from prev\noutput o\n",
+            &["index-range"],
+        ),
+        case(
+            "aff_unit_non_vector_dst",
+            "reg m: mat[2, 2]\naff m <- e(0)\nmov o <- y from prev\noutput o\n",
+            &["shape-mismatch"],
+        ),
+        case(
+            "aff_unit_out_of_range",
+            "reg c: vec[2]\naff c <- 1 - e(2)\nmov o <- y from prev\noutput o\n",
+            &["index-range"],
+        ),
+        case(
+            "aff_matrix_one_index",
+            "mov w <- x from prev\nmul m <- w * w^T\naff r <- m[0]\nmov o <- y from prev\noutput o\n",
+            &["bad-index"],
+        ),
     ]
 }
 
@@ -219,6 +245,66 @@ fn accept(src: &str, sets: &[(&str, &str)]) -> icl::ir::Program {
         Ok(p) => p,
         Err(d) => panic!("rejected:\n{}", d.render()),
     }
+}
+
+#[test]
+fn aff_selections_and_unit_vectors() {
+    // d = 2; m = w·[1 2 3] is mat[2, 3] (row-major: element (i, j) is 3i + j).
+    let p = accept(
+        "param d = 2\nparam n = 1\n\
+         reg m: mat[2, 3]\nreg r: vec[3]\nreg c: vec[2]\nreg v: vec[3]\n\
+         mov w <- x from prev\n\
+         aff v <- [1, 2, 3]\n\
+         mul m <- w * v^T\n\
+         for k in 1..=1 {\n\
+         aff r <- 2 * m[k, :] + e(k)\n\
+         }\n\
+         aff c <- m[:, 2] - e(0)\n\
+         aff s <- m[1, 0] - w[1]\n\
+         output s\n",
+        &[],
+    );
+    let id = |n: &str| p.reg_by_name(n).unwrap();
+    let (m, w) = (id("m"), id("w"));
+    let whole = |reg| Operand {
+        reg,
+        transposed: false,
+    };
+    // aff r <- 2 * m[1, :] + e(1): r_j = 2 m_{1j}: coef (3×6) has 2 at (j, 3 + j); bias e_1.
+    let OpKind::Aff { dst, terms, bias } = &p.ops[3].kind else {
+        panic!("{:?}", p.ops[3].kind)
+    };
+    assert_eq!(*dst, id("r"));
+    assert_eq!(terms.len(), 1);
+    assert_eq!(terms[0].src, whole(m));
+    let mut want = vec![0.0; 18];
+    for j in 0..3 {
+        want[j * 6 + 3 + j] = 2.0;
+    }
+    assert_eq!(terms[0].coef, want);
+    assert_eq!(bias, &vec![0.0, 1.0, 0.0]);
+    // aff c <- m[:, 2] - e(0): c_i = m_{i2} = element 3i + 2; bias −e_0.
+    let OpKind::Aff { dst, terms, bias } = &p.ops[4].kind else {
+        panic!()
+    };
+    assert_eq!(*dst, id("c"));
+    assert_eq!(terms[0].src, whole(m));
+    let mut want = vec![0.0; 12];
+    want[2] = 1.0; // row 0 reads element (0, 2) = 2
+    want[6 + 5] = 1.0; // row 1 reads element (1, 2) = 5
+    assert_eq!(terms[0].coef, want);
+    assert_eq!(bias, &vec![-1.0, 0.0]);
+    // aff s <- m[1, 0] - w[1]: one-hot at element 3 of m, −1 at element 1 of w.
+    let OpKind::Aff { dst, terms, bias } = &p.ops[5].kind else {
+        panic!()
+    };
+    assert_eq!(*dst, id("s"));
+    assert_eq!(terms.len(), 2);
+    assert_eq!(terms[0].src, whole(m));
+    assert_eq!(terms[0].coef, vec![0.0, 0.0, 0.0, 1.0, 0.0, 0.0]);
+    assert_eq!(terms[1].src, whole(w));
+    assert_eq!(terms[1].coef, vec![0.0, -1.0]);
+    assert_eq!(bias, &vec![0.0]);
 }
 
 #[test]

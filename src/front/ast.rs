@@ -29,6 +29,11 @@ pub enum ExprKind {
     List(Vec<Expr>),
     /// `e^T`.
     Transpose(Box<Expr>),
+    /// `NAME[i]`, `NAME[i, j]`, `NAME[i, :]`, `NAME[:, j]`: element/row/column selection of a
+    /// register in an `aff` term; `None` is `:` (the whole axis).
+    Index(Box<Expr>, Vec<Option<Expr>>),
+    /// `NAME(args)`: a built-in constant; only `e(k)` (the unit vector of an `aff` bias).
+    Call(Ident, Vec<Expr>),
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -160,6 +160,24 @@ fn eval_inner(e: &Expr, lookup: &dyn Fn(&str) -> NameValue) -> EvalResult {
             }
             list(vals, e.span)
         }
+        ExprKind::Index(..) => Err(err(
+            "bad-index",
+            e.span,
+            "indexing `NAME[…]` selects elements of a register and is allowed only in an aff term",
+        )
+        .with_label("not a constant expression")),
+        ExprKind::Call(f, _) if f.name == "e" => Err(err(
+            "bad-unit",
+            e.span,
+            "the unit vector `e(k)` is allowed only as a bias summand of an aff",
+        )
+        .with_label("not a constant expression here")),
+        ExprKind::Call(f, _) => Err(err(
+            "unknown-name",
+            f.span,
+            format!("unknown function `{}`: the only built-in is `e(k)`", f.name),
+        )
+        .with_label("not a built-in")),
     }
 }
 

@@ -568,6 +568,59 @@ impl<'t> Parser<'t> {
 
     fn postfix(&mut self) -> PResult<Expr> {
         let mut e = self.primary()?;
+        // `NAME[…]` (index) and `NAME(…)` (built-in call) bind directly to a name.
+        if let ExprKind::Name(name) = &e.kind {
+            match self.peek() {
+                Tok::LBrack => {
+                    self.bump();
+                    let mut idx = Vec::new();
+                    loop {
+                        if *self.peek() == Tok::Colon {
+                            self.bump();
+                            idx.push(None);
+                        } else {
+                            idx.push(Some(self.expr()?));
+                        }
+                        match self.peek() {
+                            Tok::Comma => {
+                                self.bump();
+                            }
+                            Tok::RBrack => break,
+                            _ => return self.error("`,` or `]` in an index"),
+                        }
+                    }
+                    let end = self.bump().span;
+                    e = Expr {
+                        span: join(e.span, end),
+                        kind: ExprKind::Index(Box::new(e), idx),
+                    };
+                }
+                Tok::LParen => {
+                    let id = Ident {
+                        name: name.clone(),
+                        span: e.span,
+                    };
+                    self.bump();
+                    let mut args = Vec::new();
+                    loop {
+                        args.push(self.expr()?);
+                        match self.peek() {
+                            Tok::Comma => {
+                                self.bump();
+                            }
+                            Tok::RParen => break,
+                            _ => return self.error("`,` or `)` in a call"),
+                        }
+                    }
+                    let end = self.bump().span;
+                    e = Expr {
+                        span: join(e.span, end),
+                        kind: ExprKind::Call(id, args),
+                    };
+                }
+                _ => {}
+            }
+        }
         let mut chain = 0;
         while *self.peek() == Tok::Caret {
             self.bump();
