@@ -56,6 +56,17 @@ reg ob: vec[d]
 reg out: scalar
 
 assume piv >= lambda/2
+# Ranges during the elimination (each holds in exact arithmetic; factor 2 covers f64 rounding).
+# Let M = λ + n·xmax² bound the diagonal of S = XᵀX + λI. After k steps of Gauss–Jordan, S holds
+# (i) e_j in the processed columns, (ii) the Schur complement S22 − S21 S11⁻¹ S12 ⪯ S22 (PSD,
+# so |entries| ≤ its largest diagonal ≤ M) in the unprocessed block, and (iii) S11⁻¹ S12 in the
+# processed rows, with |entries| ≤ ‖S11⁻¹‖₂‖S12‖₂ ≤ (1/λ)·d·M. Hence |S_ij| ≤ M·(1 + d/λ).
+param smax = 2*(lambda + n*xmax*xmax)*(1 + d/lambda)
+assume S in [-smax, smax]
+# b holds S11⁻¹ b1 (|·| ≤ √d·n·xmax·ymax/λ) in processed rows and b2 − S21 S11⁻¹ b1
+# (|·| ≤ n·xmax·ymax + d·M·d·n·xmax·ymax/λ) in the others.
+param bmax = 2*n*xmax*ymax*(1 + d/lambda + d*d*(lambda + n*xmax*xmax)/lambda)
+assume b in [-bmax, bmax]
 
 mov xp <- x from prev
 mul P <- xp * xp^T                 # x_i x_iᵀ at ỹ_i
