@@ -40,7 +40,7 @@
 //!   needs at least one assumption that excludes zero.
 //! - After syntax errors nothing else is checked (a broken statement would cause noise); after
 //!   unusable `d`/`n` only parameter errors are reported.
-//! - Limits (errors, not crashes): expression/block depth 128, 200 000 unrolled iterations plus
+//! - Limits (errors, not crashes): expression/block depth 64, 200 000 unrolled iterations plus
 //!   ops, 2^25 dense aff coefficient entries, register size ≤ 65536, d ≤ 65534, n ≤ 2^20.
 
 use crate::front::ast::{

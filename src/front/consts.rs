@@ -102,6 +102,33 @@ impl WithLabel for EvalError {
     }
 }
 
+/// The error for an index or call in a constant expression. Kept out of the recursive
+/// evaluator so that its stack frame stays small (deep nesting must be an error, not a crash).
+#[inline(never)]
+fn not_constant(e: &Expr) -> EvalError {
+    match &e.kind {
+        ExprKind::Index(..) => err(
+            "bad-index",
+            e.span,
+            "indexing `NAME[…]` selects elements of a register and is allowed only in an aff term",
+        )
+        .with_label("not a constant expression"),
+        ExprKind::Call(f, _) if f.name == "e" => err(
+            "bad-unit",
+            e.span,
+            "the unit vector `e(k)` is allowed only as a bias summand of an aff",
+        )
+        .with_label("not a constant expression here"),
+        ExprKind::Call(f, _) => err(
+            "unknown-name",
+            f.span,
+            format!("unknown function `{}`: the only built-in is `e(k)`", f.name),
+        )
+        .with_label("not a built-in"),
+        _ => unreachable!("only called on Index and Call"),
+    }
+}
+
 fn eval_inner(e: &Expr, lookup: &dyn Fn(&str) -> NameValue) -> EvalResult {
     match &e.kind {
         ExprKind::Num(v, Some(i)) => {
@@ -160,24 +187,7 @@ fn eval_inner(e: &Expr, lookup: &dyn Fn(&str) -> NameValue) -> EvalResult {
             }
             list(vals, e.span)
         }
-        ExprKind::Index(..) => Err(err(
-            "bad-index",
-            e.span,
-            "indexing `NAME[…]` selects elements of a register and is allowed only in an aff term",
-        )
-        .with_label("not a constant expression")),
-        ExprKind::Call(f, _) if f.name == "e" => Err(err(
-            "bad-unit",
-            e.span,
-            "the unit vector `e(k)` is allowed only as a bias summand of an aff",
-        )
-        .with_label("not a constant expression here")),
-        ExprKind::Call(f, _) => Err(err(
-            "unknown-name",
-            f.span,
-            format!("unknown function `{}`: the only built-in is `e(k)`", f.name),
-        )
-        .with_label("not a built-in")),
+        ExprKind::Index(..) | ExprKind::Call(..) => Err(not_constant(e)),
     }
 }
 

@@ -36,7 +36,7 @@ pub const KEYWORDS: [&str; 11] = [
 
 /// Deepest nesting of expressions and blocks accepted (deeper input is an error, not a stack
 /// overflow).
-pub const MAX_DEPTH: usize = 128;
+pub const MAX_DEPTH: usize = 64;
 
 pub struct Parser<'t> {
     toks: &'t [Token],
@@ -566,60 +566,70 @@ impl<'t> Parser<'t> {
         }
     }
 
+    /// `NAME[…]` or `NAME(…)` after the name `e`. Kept out of [`Self::postfix`] so that the
+    /// frame of the recursive expression parser stays small (deep nesting must give an error,
+    /// not a stack overflow).
+    #[inline(never)]
+    fn index_or_call(&mut self, mut e: Expr) -> PResult<Expr> {
+        let ExprKind::Name(name) = &e.kind else {
+            return Ok(e);
+        };
+        let name = name.clone();
+        match self.peek() {
+            Tok::LBrack => {
+                self.bump();
+                let mut idx = Vec::new();
+                loop {
+                    if *self.peek() == Tok::Colon {
+                        self.bump();
+                        idx.push(None);
+                    } else {
+                        idx.push(Some(self.expr()?));
+                    }
+                    match self.peek() {
+                        Tok::Comma => {
+                            self.bump();
+                        }
+                        Tok::RBrack => break,
+                        _ => return self.error("`,` or `]` in an index"),
+                    }
+                }
+                let end = self.bump().span;
+                e = Expr {
+                    span: join(e.span, end),
+                    kind: ExprKind::Index(Box::new(e), idx),
+                };
+            }
+            Tok::LParen => {
+                let id = Ident { name, span: e.span };
+                self.bump();
+                let mut args = Vec::new();
+                loop {
+                    args.push(self.expr()?);
+                    match self.peek() {
+                        Tok::Comma => {
+                            self.bump();
+                        }
+                        Tok::RParen => break,
+                        _ => return self.error("`,` or `)` in a call"),
+                    }
+                }
+                let end = self.bump().span;
+                e = Expr {
+                    span: join(e.span, end),
+                    kind: ExprKind::Call(id, args),
+                };
+            }
+            _ => {}
+        }
+        Ok(e)
+    }
+
     fn postfix(&mut self) -> PResult<Expr> {
         let mut e = self.primary()?;
         // `NAME[…]` (index) and `NAME(…)` (built-in call) bind directly to a name.
-        if let ExprKind::Name(name) = &e.kind {
-            match self.peek() {
-                Tok::LBrack => {
-                    self.bump();
-                    let mut idx = Vec::new();
-                    loop {
-                        if *self.peek() == Tok::Colon {
-                            self.bump();
-                            idx.push(None);
-                        } else {
-                            idx.push(Some(self.expr()?));
-                        }
-                        match self.peek() {
-                            Tok::Comma => {
-                                self.bump();
-                            }
-                            Tok::RBrack => break,
-                            _ => return self.error("`,` or `]` in an index"),
-                        }
-                    }
-                    let end = self.bump().span;
-                    e = Expr {
-                        span: join(e.span, end),
-                        kind: ExprKind::Index(Box::new(e), idx),
-                    };
-                }
-                Tok::LParen => {
-                    let id = Ident {
-                        name: name.clone(),
-                        span: e.span,
-                    };
-                    self.bump();
-                    let mut args = Vec::new();
-                    loop {
-                        args.push(self.expr()?);
-                        match self.peek() {
-                            Tok::Comma => {
-                                self.bump();
-                            }
-                            Tok::RParen => break,
-                            _ => return self.error("`,` or `)` in a call"),
-                        }
-                    }
-                    let end = self.bump().span;
-                    e = Expr {
-                        span: join(e.span, end),
-                        kind: ExprKind::Call(id, args),
-                    };
-                }
-                _ => {}
-            }
+        if matches!(e.kind, ExprKind::Name(_)) && matches!(self.peek(), Tok::LBrack | Tok::LParen) {
+            e = self.index_or_call(e)?;
         }
         let mut chain = 0;
         while *self.peek() == Tok::Caret {
