@@ -39,7 +39,15 @@ fn forward(c: &mut Criterion) {
         let p = icl::pipeline::load(path, &sets()).expect("loads");
         let prompts = icl::pipeline::validation_prompts(&p, batch, 1);
         for dt in [DType::F64, DType::F32] {
-            let compiled = icl::pipeline::lower(&p, dt).expect("lowers");
+            // A program whose sound ranges need a LayerNorm payload beyond f32 (ridge_elim at
+            // d=8) has no f32 model: say so and go on.
+            let compiled = match icl::pipeline::lower(&p, dt) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{prog} {}: no model ({e:#}), skipped", dt.name());
+                    continue;
+                }
+            };
             let model = icl::pipeline::build_model(&compiled, "cpu").expect("model");
             let name = format!(
                 "{} {} (prompts/s, batch {batch})",
