@@ -171,9 +171,9 @@ pub struct Outcome {
     pub compiled: Compiled,
     /// certificate.json as written.
     pub certificate: serde_json::Value,
-    /// The certificate's verdict and end-to-end bound, for the summary.
+    /// The certificate's verdict and end-to-end statement ([`crate::certify::EndToEnd::summary`]).
     pub verdict: String,
-    pub bound: Option<f64>,
+    pub end_to_end: String,
     pub validation: Option<ValidationReport>,
 }
 
@@ -202,15 +202,18 @@ pub fn run(
         .and_then(|v| v.as_str())
         .unwrap_or("unknown")
         .to_string();
-    let bound = certificate
-        .pointer("/end_to_end/bound")
-        .and_then(|v| v.as_f64());
+    let end_to_end = certificate
+        .get("end_to_end")
+        .cloned()
+        .and_then(|v| serde_json::from_value::<crate::certify::EndToEnd>(v).ok())
+        .map(|e| e.summary())
+        .unwrap_or_else(|| "no end-to-end statement".into());
     Ok(Outcome {
         program: p,
         compiled,
         certificate,
         verdict,
-        bound,
+        end_to_end,
         validation,
     })
 }
@@ -388,14 +391,7 @@ pub fn summary(o: &Outcome, dir: &Path) -> String {
             worst.relative_error
         );
     }
-    let _ = writeln!(
-        out,
-        "  certificate: {}{}",
-        o.verdict,
-        o.bound
-            .map(|b| format!(", end-to-end bound {b:.3e} (absolute, on the output)"))
-            .unwrap_or_default()
-    );
+    let _ = writeln!(out, "  certificate: {}; {}", o.verdict, o.end_to_end);
     if let Some(v) = &o.validation {
         let _ = writeln!(
             out,

@@ -833,6 +833,13 @@ fn the_untouched_model_is_accepted_with_the_right_verdicts() {
         e2e > 0.0 && e2e <= 4.0 * eps * (1.0 + 1e-6),
         "bound {e2e:e}"
     );
+    assert!(cert.end_to_end.unbounded_from.is_none());
+    let back = cert
+        .end_to_end
+        .backward
+        .as_ref()
+        .expect("one division: a backward error");
+    assert_eq!((back.divisions, back.max_relative), (1, eps));
     // And through the files.
     let dir = tempfile::tempdir().unwrap();
     write_dir(dir.path(), &f, &cert);
@@ -1065,4 +1072,60 @@ fn real_compiled_ridge_is_accepted_and_corruptions_are_rejected() {
     regs[a]["rows"] = serde_json::json!([s + 1, e + 1]);
     std::fs::write(&lp, serde_json::to_string_pretty(&layout).unwrap()).unwrap();
     assert!(icl::certify::run_check(&out).is_err());
+}
+
+/// Where the forward propagation diverges (ridge.icl's Sherman–Morrison chain at n = 6), the
+/// certificate says from which layer, and still gives the backward error: one entry per
+/// division, each below f64's epsilon. A certificate.json that claims a smaller backward error
+/// than the check proves is rejected.
+#[test]
+fn a_diverging_forward_bound_names_its_layer_and_keeps_the_backward_error() {
+    let program = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/programs/ridge.icl"));
+    let sets = [
+        ("d".to_string(), "2".to_string()),
+        ("n".to_string(), "6".to_string()),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ridge");
+    let opts = icl::pipeline::Options {
+        prompts: 0,
+        ..Default::default()
+    };
+    let outcome = icl::pipeline::run(program, &sets, &out, &opts).unwrap();
+    let cert = icl::certify::run_check(&out).expect("the untouched compile is certified");
+    let e2e = &cert.end_to_end;
+    assert!(e2e.bound.0.is_infinite(), "bound {:e}", e2e.bound.0);
+    let from = e2e
+        .unbounded_from
+        .as_deref()
+        .expect("the diverging layer is named");
+    assert!(
+        from.starts_with("layer ") && from.contains("div q <- O / |den|"),
+        "{from}"
+    );
+    let back = e2e.backward.as_ref().expect("a backward error");
+    assert_eq!(back.divisions, 6, "one division per example");
+    assert!(
+        back.max_relative > 0.0 && back.max_relative < f64::EPSILON,
+        "{}",
+        back.max_relative
+    );
+    assert!(
+        outcome.end_to_end.contains("no finite end-to-end bound"),
+        "{}",
+        outcome.end_to_end
+    );
+    assert!(
+        outcome.end_to_end.contains("backward error"),
+        "{}",
+        outcome.end_to_end
+    );
+
+    let cp = out.join("certificate.json");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cp).unwrap()).unwrap();
+    c["end_to_end"]["backward"]["max_relative"] = serde_json::json!(back.max_relative / 2.0);
+    std::fs::write(&cp, serde_json::to_string_pretty(&c).unwrap()).unwrap();
+    let err = icl::certify::run_check(&out).unwrap_err().to_string();
+    assert!(err.contains("backward error"), "{err}");
 }

@@ -105,12 +105,12 @@ fn cmd_check(a: CheckArgs) -> Result<()> {
         .filter(|l| !matches!(l.verdict, icl::certify::Verdict::Exact))
         .count();
     println!(
-        "{}: certified: {} layers, {} exact, {} bounded; end-to-end bound {:e} on the output",
+        "{}: certified: {} layers, {} exact, {} bounded; {}",
         a.dir.display(),
         cert.layers.len(),
         cert.layers.len() - bounded,
         bounded,
-        cert.end_to_end.bound.0
+        cert.end_to_end.summary()
     );
     Ok(())
 }

@@ -217,6 +217,17 @@ pub fn compare_claims(stored: &Certificate, proved: &Certificate) -> Result<(), 
             stored.verdict, proved.verdict
         ));
     }
+    let max_rel = |e: &EndToEnd| e.backward.as_ref().map(|b| (b.divisions, b.max_relative));
+    match (max_rel(&stored.end_to_end), max_rel(&proved.end_to_end)) {
+        (Some((sn, sr)), Some((pn, pr))) if sn == pn && sr >= pr => {}
+        (None, None) => {}
+        (s, p) => {
+            return Err(format!(
+                "certificate.json: backward error (divisions, max relative) {s:?}, the check \
+                 proves {p:?}"
+            ))
+        }
+    }
     if stored.end_to_end.bound.0 < proved.end_to_end.bound.0 {
         return Err(format!(
             "certificate.json: end-to-end bound {:e}, the check proves only {:e}",
@@ -435,6 +446,7 @@ pub fn certify_model(p: &Program, files: &ModelFiles) -> Result<Certificate, Cer
     let mut state = check_embedding(&ctx)?;
 
     let mut layers = Vec::with_capacity(cfg.layers.len());
+    let mut unbounded_from: Option<String> = None;
     for (l, lc) in cfg.layers.iter().enumerate() {
         let (attn_ops, mlp_ops) = &placements[l];
         if lc.attn_norm.is_some() {
@@ -519,9 +531,22 @@ pub fn certify_model(p: &Program, files: &ModelFiles) -> Result<Certificate, Cer
                 }
             }
         }
+        if unbounded_from.is_none() && state.iter().any(|r| !r.err.is_finite()) {
+            unbounded_from = Some(format!("layer {l} ({})", cert.ops.join("; ")));
+        }
         layers.push(cert);
     }
     let out_err = check_readout(&ctx, &state)?;
+    let divisions: Vec<f64> = layers.iter().filter_map(|l| l.relative_error).collect();
+    let backward = (!divisions.is_empty()).then(|| BackwardError {
+        divisions: divisions.len(),
+        max_relative: divisions.iter().copied().fold(0.0, f64::max),
+        statement: "in exact arithmetic, on every column whose values before each division lie \
+                    within the analysed ranges, the model computes the program with the result \
+                    of every division scaled by (1+θ), one θ per division and column, |θ| at most \
+                    that layer's relative_error"
+            .into(),
+    });
 
     let verdict = if layers.iter().all(|l| l.verdict == Verdict::Exact) {
         Verdict::Exact
@@ -565,6 +590,12 @@ pub fn certify_model(p: &Program, files: &ModelFiles) -> Result<Certificate, Cer
                    program's input ranges and assumptions (floating-point rounding of the \
                    forward pass not included)"
                 .into(),
+            unbounded_from: if out_err.is_finite() {
+                None
+            } else {
+                unbounded_from
+            },
+            backward,
         },
         validation: None,
     })

@@ -113,6 +113,54 @@ pub struct EndToEnd {
     /// could be derived from the ranges).
     pub bound: ExtF64,
     pub kind: String,
+    /// When `bound` is ∞: the first layer (and its operations) after which the first-order
+    /// propagation no longer gives a finite bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unbounded_from: Option<String>,
+    /// The backward-error reading of the division bounds (absent when every layer is exact).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backward: Option<BackwardError>,
+}
+
+/// Every layer but the LayerNorm divisions is proved equal to its operations, and each division
+/// is proved to compute `num/|den|·(1+θ)` with one θ per column, |θ| ≤ its relative error, for
+/// values within the analysed ranges. So, in exact arithmetic, the model computes the program
+/// with every division result scaled by such a (1+θ): a backward error, which stays meaningful
+/// where the forward propagation of those θ through a long program does not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackwardError {
+    /// Number of divisions (bounded layers).
+    pub divisions: usize,
+    /// The largest relative error of any division.
+    pub max_relative: f64,
+    pub statement: String,
+}
+
+impl EndToEnd {
+    /// One line for a summary: the forward bound, or why there is none, and the backward error.
+    pub fn summary(&self) -> String {
+        let forward = if self.bound.0.is_finite() {
+            format!(
+                "end-to-end bound {:.3e} (absolute, on the output)",
+                self.bound.0
+            )
+        } else {
+            format!(
+                "no finite end-to-end bound (first-order propagation of the division errors \
+                 diverges from {})",
+                self.unbounded_from.as_deref().unwrap_or("an unnamed layer")
+            )
+        };
+        match &self.backward {
+            Some(b) => format!(
+                "{forward}; backward error: the model computes the program with each of its {} \
+                 division results scaled by (1+θ), |θ| ≤ {:.3e}",
+                b.divisions, b.max_relative
+            ),
+            None => forward,
+        }
+    }
 }
 
 /// Measured errors of the model against the interpreter and the solver (filled by `icl-compile`).

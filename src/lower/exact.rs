@@ -679,8 +679,12 @@ fn division_constants(
                 p.reg(den).name
             )));
         }
-        let gain = pp * (2.0 / l).sqrt();
-        let rel = (r_max / (4.0 * pp * pp * den_min * den_min)).next_up();
+        // The gain g should be P·√(2/L), which f64 cannot hold exactly: of the f64 values around
+        // it, take the one with the least δ = |g²L/(2P²) − 1| (computed exactly). The relative
+        // error is then δ + (1+δ)·R_max/(4P²den_min²) — the bound the certifier proves.
+        let (gain, delta) = best_gain(pp, l);
+        let rel = (delta + (1.0 + delta) * (r_max / (4.0 * pp * pp * den_min * den_min)).next_up())
+            .next_up();
         out.push(DivReport {
             op: k,
             layer: sched.block_of[k],
@@ -695,6 +699,24 @@ fn division_constants(
         });
     }
     Ok(out)
+}
+
+/// The f64 gain g nearest to P·√(2/L) in the exact sense, and δ = |g²L/(2P²) − 1| rounded up.
+fn best_gain(pp: f64, l: f64) -> (f64, f64) {
+    use num_rational::BigRational;
+    use num_traits::{One, Signed, ToPrimitive};
+    let exact = |x: f64| BigRational::from_float(x).expect("finite");
+    let delta = |g: f64| {
+        let c2 = exact(g) * exact(g) * exact(l) / (exact(2.0) * exact(pp) * exact(pp));
+        (c2 - BigRational::one()).abs()
+    };
+    let g0 = pp * (2.0 / l).sqrt();
+    let (g, d) = [g0.next_down(), g0, g0.next_up()]
+        .into_iter()
+        .map(|g| (g, delta(g)))
+        .min_by(|a, b| a.1.cmp(&b.1))
+        .expect("three candidates");
+    (g, d.to_f64().unwrap_or(f64::INFINITY).next_up())
 }
 
 fn build_layout(
