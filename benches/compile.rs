@@ -1,6 +1,6 @@
 //! `cargo bench --bench compile`: compile + certify time of ridge.icl at d=8, n=40; forward
 //! throughput (prompts/s, batch 64, CPU, f32 and f64) of the compiled ridge and ridge_elim models
-//! next to the ridge solver on the same prompts.
+//! next to the ridge solver (faer's Cholesky, `icl::solvers::ridge_weights`) on the same prompts.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use icl::model::config::DType;
@@ -65,7 +65,10 @@ fn forward(c: &mut Criterion) {
             .unwrap()
             .expect("ridge solver");
         g.bench_function(
-            format!("{} solver (prompts/s, batch {batch})", solver.name()),
+            format!(
+                "{} solver, faer Cholesky (prompts/s, batch {batch})",
+                solver.name()
+            ),
             |b| b.iter(|| icl::solvers::predict_batch(&solver, &prompts)),
         );
     }

@@ -1,9 +1,9 @@
-//! Ground-truth learners in f64 (nalgebra), evaluated like an in-context learner: each gives the
+//! Ground-truth learners in f64 (faer for ridge, nalgebra for the SVD of OLS), evaluated like an in-context learner: each gives the
 //! prediction at every x̃ column, i.e. at x̃_k the prediction for x_k from examples 1..k−1
 //! (n+1 values per prompt; the first, from no example, is each solver's empty-data answer).
 //!
 //! - `Ols`: minimum-norm least squares, `w = X⁺y` (pseudo-inverse by SVD; 0 with no examples).
-//! - `Ridge { lambda }`: `w = (XᵀX + λI)⁻¹Xᵀy` (Cholesky; λ = 0 is OLS).
+//! - `Ridge { lambda }`: `w = (XᵀX + λI)⁻¹Xᵀy` (faer's Cholesky; λ = 0 is OLS).
 //! - `Gd { alpha }`: one step of full-batch GD on the summed loss from w₀ = 0. The paper's step
 //!   `w = w₀ − 2α(XᵀXw₀ − Xᵀy + λw₀)` at w₀ = 0 is `w = 2α Xᵀy` (λ drops out).
 //! - `Sgd { alpha, lambda }`: one pass of SGD with batch size 1 from w₀ = 0:
@@ -119,7 +119,7 @@ pub fn ols_weights(xs: &[Vec<f64>], ys: &[f64]) -> Vec<f64> {
     }
 }
 
-/// Ridge `w = (XᵀX + λI)⁻¹Xᵀy` by Cholesky. λ = 0 gives the minimum-norm OLS solution. If
+/// Ridge `w = (XᵀX + λI)⁻¹Xᵀy` by faer's Cholesky. λ = 0 gives the minimum-norm OLS solution. If
 /// `XᵀX + λI` is not positive definite (λ < 0), an LU solve is tried, and NaNs are returned when
 /// the system is singular. No examples: empty (= 0).
 pub fn ridge_weights(xs: &[Vec<f64>], ys: &[f64], lambda: f64) -> Vec<f64> {
@@ -129,15 +129,26 @@ pub fn ridge_weights(xs: &[Vec<f64>], ys: &[f64], lambda: f64) -> Vec<f64> {
     if lambda == 0.0 {
         return ols_weights(xs, ys);
     }
-    let (x, y) = design(xs, ys);
-    let d = x.ncols();
-    let s = x.transpose() * &x + DMatrix::identity(d, d) * lambda;
-    let b = x.transpose() * y;
-    let w = match s.clone().cholesky() {
-        Some(c) => Some(c.solve(&b)),
-        None => s.lu().solve(&b),
-    };
-    match w {
+    use faer::prelude::Solve;
+    let d = xs[0].len();
+    // Normal equations: S = XᵀX + λI (d×d, SPD for λ > 0), b = Xᵀy.
+    let s = faer::Mat::<f64>::from_fn(d, d, |i, j| {
+        let xtx: f64 = xs.iter().map(|x| x[i] * x[j]).sum();
+        if i == j {
+            xtx + lambda
+        } else {
+            xtx
+        }
+    });
+    let b = faer::Mat::<f64>::from_fn(d, 1, |i, _| xs.iter().zip(ys).map(|(x, y)| x[i] * y).sum());
+    if let Ok(llt) = s.llt(faer::Side::Lower) {
+        let w = llt.solve(&b);
+        return (0..d).map(|i| w[(i, 0)]).collect();
+    }
+    // Not positive definite (λ < 0): LU with partial pivoting, NaN when singular.
+    let s = DMatrix::from_fn(d, d, |i, j| s[(i, j)]);
+    let b = DVector::from_fn(d, |i, _| b[(i, 0)]);
+    match s.lu().solve(&b) {
         Some(w) => w.iter().copied().collect(),
         None => vec![f64::NAN; d],
     }
