@@ -85,8 +85,9 @@ pub struct DivConstants {
     pub layer: usize,
     /// Payload scale P: rows `div_payload` hold +P·den and −P·den.
     pub payload_scale: f64,
-    /// MLP gain g: dst = g·(LN(h)[num] − LN(h)[zero_row]).
+    /// MLP gain: dst = g·u·(LN(h)[num] − LN(h)[zero_row]), g the gate weight, u the up bias.
     pub gain: f64,
+    pub gain_up: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -7,6 +7,8 @@
 //! docs/FORMATS.md alone checks that the hand-built model computes the program (so "accepted"
 //! means something), then each corruption is asserted to be rejected.
 
+mod common;
+
 use icl::certify::{self, Certificate, Verdict};
 use icl::ir::*;
 use icl::layout::*;
@@ -245,10 +247,13 @@ fn set_pattern(bias: &mut RawTensor, h: usize, src: impl Fn(usize) -> Vec<usize>
     }
 }
 
+/// A sparse row of weights: (column, value) pairs.
+type Sparse = Vec<(usize, f64)>;
+
 /// A bilinear MLP under construction: units (gate row, gate bias, up row, up bias, down row,
 /// down coefficient).
 struct Mlp {
-    units: Vec<(Vec<(usize, f64)>, f64, Vec<(usize, f64)>, f64, usize, f64)>,
+    units: Vec<(Sparse, f64, Sparse, f64, usize, f64)>,
 }
 
 impl Mlp {
@@ -508,6 +513,7 @@ fn build() -> (ModelConfig, NamedTensors, Layout) {
             layer: 3,
             payload_scale: P_SCALE,
             gain: GAIN,
+            gain_up: 1.0,
         }],
         registers,
         rows: (0..W)
@@ -593,13 +599,13 @@ fn forward(f: &certify::ModelFiles, tokens: &[Vec<f64>]) -> Vec<f64> {
     let g = |n: &str| &t[n];
     let tl = tokens.len();
     let mut h = vec![vec![0.0; W]; tl];
-    for (c, tok) in tokens.iter().enumerate() {
-        for r in 0..W {
+    for (c, (tok, hc)) in tokens.iter().zip(h.iter_mut()).enumerate() {
+        for (r, hr) in hc.iter_mut().enumerate() {
             let mut v = g("embed.bias").data[r] + g("pos.weight").at2(c, r);
             for (j, x) in tok.iter().enumerate() {
                 v += g("embed.weight").at2(r, j) * x;
             }
-            h[c][r] = v;
+            *hr = v;
         }
     }
     for (l, lc) in f.config.layers.iter().enumerate() {
@@ -641,8 +647,8 @@ fn forward(f: &certify::ModelFiles, tokens: &[Vec<f64>]) -> Vec<f64> {
                         }
                     }
                 }
-                for r in 0..W {
-                    oc[r] = (0..inner).map(|i| ow.at2(r, i) * cat[i]).sum::<f64>()
+                for (r, o) in oc.iter_mut().enumerate() {
+                    *o = (0..inner).map(|i| ow.at2(r, i) * cat[i]).sum::<f64>()
                         + g(&format!("{pre}.o.bias")).data[r];
                 }
             }
@@ -677,8 +683,8 @@ fn forward(f: &certify::ModelFiles, tokens: &[Vec<f64>]) -> Vec<f64> {
                     .map(|k| lin("gate", k) * lin("up", k))
                     .collect();
                 let dw = g(&format!("{pre}.mlp.down.weight"));
-                for r in 0..W {
-                    col[r] += (0..mc.hidden).map(|k| dw.at2(r, k) * act[k]).sum::<f64>()
+                for (r, v) in col.iter_mut().enumerate() {
+                    *v += (0..mc.hidden).map(|k| dw.at2(r, k) * act[k]).sum::<f64>()
                         + g(&format!("{pre}.mlp.down.bias")).data[r];
                 }
             }
@@ -705,8 +711,8 @@ fn evaluate(p: &Program, tokens: &[Vec<f64>]) -> Vec<f64> {
     for (id, r) in p.registers.iter().enumerate() {
         if let RegKind::Input(b) = r.kind {
             for (c, tok) in tokens.iter().enumerate() {
-                for e in 0..r.shape.size() {
-                    regs[id][c][e] = b.value(c, tok, e);
+                for (e, v) in regs[id][c].iter_mut().enumerate().take(r.shape.size()) {
+                    *v = b.value(c, tok, e);
                 }
             }
         }
@@ -1025,18 +1031,7 @@ fn an_embedding_or_readout_change_is_rejected() {
 /// rejects one changed weight, naming the layer, and one mislabelled register in layout.json.
 #[test]
 fn real_compiled_ridge_is_accepted_and_corruptions_are_rejected() {
-    let program = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/programs/ridge.icl"));
-    let sets = [
-        ("d".to_string(), "2".to_string()),
-        ("n".to_string(), "3".to_string()),
-    ];
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("ridge");
-    let opts = icl::pipeline::Options {
-        prompts: 0,
-        ..Default::default()
-    };
-    icl::pipeline::run(program, &sets, &out, &opts).unwrap();
+    let (_dir, out, _) = common::compile_ridge(2, 3);
     icl::certify::run_check(&out).expect("the untouched compile is certified");
 
     // One weight of the first MLP that multiplies: change a gate entry by one.
@@ -1061,7 +1056,7 @@ fn real_compiled_ridge_is_accepted_and_corruptions_are_rejected() {
     assert!(err.contains(&format!("layer {layer}")), "{err}");
 
     // Restore the weights; then move a register in layout.json onto other rows.
-    icl::pipeline::run(program, &sets, &out, &opts).unwrap();
+    let (_dir2, out, _) = common::compile_ridge(2, 3);
     let lp = out.join("layout.json");
     let mut layout: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&lp).unwrap()).unwrap();
@@ -1080,18 +1075,7 @@ fn real_compiled_ridge_is_accepted_and_corruptions_are_rejected() {
 /// than the check proves is rejected.
 #[test]
 fn a_diverging_forward_bound_names_its_layer_and_keeps_the_backward_error() {
-    let program = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/programs/ridge.icl"));
-    let sets = [
-        ("d".to_string(), "2".to_string()),
-        ("n".to_string(), "6".to_string()),
-    ];
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("ridge");
-    let opts = icl::pipeline::Options {
-        prompts: 0,
-        ..Default::default()
-    };
-    let outcome = icl::pipeline::run(program, &sets, &out, &opts).unwrap();
+    let (_dir, out, outcome) = common::compile_ridge(2, 6);
     let cert = icl::certify::run_check(&out).expect("the untouched compile is certified");
     let e2e = &cert.end_to_end;
     assert!(e2e.bound.0.is_infinite(), "bound {:e}", e2e.bound.0);

@@ -2,6 +2,8 @@
 //! part of docs/FORMATS.md. Skipped, with a notice, when python3 with numpy and safetensors is
 //! missing (CI installs them). `ICL_PYTHON` picks the interpreter.
 
+mod common;
+
 use candle_core::Device;
 use icl::model::config::*;
 use icl::model::{expected_tensors, save_model_dir, Transformer};
@@ -162,18 +164,7 @@ fn numpy_forward_of_a_compiled_model_matches_rust() {
         eprintln!("SKIPPED: python3 with numpy and safetensors not found (the numpy forward comparison did not run)");
         return;
     };
-    let program = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/programs/ridge.icl"));
-    let sets = [
-        ("d".to_string(), "3".to_string()),
-        ("n".to_string(), "4".to_string()),
-    ];
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("ridge");
-    let opts = icl::pipeline::Options {
-        prompts: 0,
-        ..Default::default()
-    };
-    icl::pipeline::run(program, &sets, &out, &opts).unwrap();
+    let (_dir, out, _) = common::compile_ridge(3, 4);
     let prompts = PromptDistribution::new(3, 4).sample_batch(5, 9);
     // Both sides compute in f64 with different summation orders; the payload rows are ~2^45·den,
     // so agreement is to f64 rounding of the LayerNorm, relative.

@@ -31,7 +31,9 @@ pub fn relative_bound(
     r_max: f64,
     den_min: f64,
 ) -> Option<f64> {
-    if !r_max.is_finite() || !(den_min > 0.0) || !den_min.is_finite() {
+    // (`den_min > 0.0` is false for NaN too.)
+    let den_positive = den_min > 0.0;
+    if !r_max.is_finite() || !den_positive || !den_min.is_finite() {
         return None;
     }
     let p = scale.to_rational();
@@ -78,16 +80,16 @@ pub fn certify_division(
     // R_max: exact inputs (the layer's own bound), and perturbed by the rows' errors (e2e).
     let (mut r_exact, mut r_pert) = (leps, leps);
     let mut unbounded = None;
-    for r in 0..w {
+    for (r, row) in state.iter().enumerate().take(w) {
         if r == pl[0] || r == pl[1] {
             continue;
         }
-        let b = ctx.content_range(&state[r].content).abs_max();
+        let b = ctx.content_range(&row.content).abs_max();
         if !b.is_finite() && unbounded.is_none() {
             unbounded = Some(r);
         }
         r_exact = add_up(r_exact, mul_up(b, b));
-        let be = add_up(b, state[r].err);
+        let be = add_up(b, row.err);
         r_pert = add_up(r_pert, mul_up(be, be));
     }
     let den_row = ctx.row(den, 0);

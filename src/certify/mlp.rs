@@ -12,6 +12,7 @@
 //! - `aff dst <- Σ C·src + b`: row dst_e = Σ C[e,j] m_{src_j} + b_e − m_{dst_e};
 //! - the MLP half of `div` (after a LayerNorm with weight 1, bias 0): row dst_e =
 //!   g·m_{num_e} − g·m_{zero_row} (dst was cleared by the attention half).
+//!
 //! Every other row: identically 0.
 
 use super::exact::Dy;
@@ -265,7 +266,7 @@ pub fn check_mlp(
             }
             OpKind::Aff { dst, terms, bias } => {
                 let nd = p.reg(*dst).shape.size();
-                for e in 0..nd {
+                for (e, &be) in bias.iter().enumerate().take(nd) {
                     let rd = ctx.row(*dst, e);
                     let poly = &mut expected[rd];
                     for t in terms {
@@ -293,8 +294,8 @@ pub fn check_mlp(
                             poly.lin.entry(rs as u32).or_default().add_assign(&cd);
                         }
                     }
-                    let bdy = Dy::from_f64(bias[e]).ok_or_else(|| {
-                        ctx.op_err(l, part, Some(k), format!("bias {} is not finite", bias[e]))
+                    let bdy = Dy::from_f64(be).ok_or_else(|| {
+                        ctx.op_err(l, part, Some(k), format!("bias {be} is not finite"))
                     })?;
                     poly.c.add_assign(&bdy);
                     poly.lin
@@ -330,7 +331,10 @@ pub fn check_mlp(
                     ));
                 }
                 let dc = ctx.layout.div_constants.iter().find(|c| c.layer == l);
-                match dc.map(|c| Dy::from_f64(c.gain)) {
+                let layout_gain = |c: &crate::layout::DivConstants| {
+                    Some(Dy::from_f64(c.gain)?.mul(&Dy::from_f64(c.gain_up)?))
+                };
+                match dc.map(layout_gain) {
                     Some(Some(v)) if v == gain => {}
                     other => {
                         return Err(ctx.op_err(
@@ -338,8 +342,8 @@ pub fn check_mlp(
                             part,
                             Some(k),
                             format!(
-                                "layout.json div_constants give gain {:?} for this layer; the \
-                                 weights have {gain}",
+                                "layout.json div_constants give gain·gain_up {:?} for this \
+                                 layer; the weights have {gain}",
                                 other.flatten().map(|v| v.to_string())
                             ),
                         ))
@@ -405,7 +409,7 @@ pub fn check_mlp(
         if bad.is_empty() {
             continue;
         }
-        bad.sort_by(|a, b| a.0.cmp(&b.0));
+        bad.sort_by_key(|b| b.0);
         let (term, got, want) = &bad[0];
         let name = |i: u32| short_name(ctx, i as usize, &state[i as usize].content);
         let tname = match term {

@@ -83,13 +83,14 @@ pub struct DivReport {
     pub at: String,
     /// Payload scale P (a power of two).
     pub payload_scale: f64,
-    /// MLP gain g = P·√(2/L) (as computed in f64; stored in the dtype).
+    /// MLP gain: gate weight g and up bias u (both exact in the dtype) with g·u ≈ P·√(2/L).
     pub gain: f64,
+    pub gain_up: f64,
     /// Bound on Σ over non-payload rows of h_r².
     pub r_max: f64,
     /// `[min |den|, max |den|]` from the range analysis at this op.
     pub den_abs: [f64; 2],
-    /// Bound on the relative error R_max/(4P²den_min²) (before rounding).
+    /// Bound on the relative error δ + (1+δ)·R_max/(4P²den_min²), δ = |(gu)²L/(2P²) − 1|.
     pub relative_error: f64,
     /// Name of the divisor register.
     pub den: String,
@@ -297,14 +298,15 @@ pub fn compile(p: &Program, opts: &LowerOptions) -> Result<Compiled, LowerError>
                             v: Form::one(d0 + e, -1.0),
                             out: d0 + e,
                         });
-                        // dst_e += g·(LN(h)[num_e] − LN(h)[zero]).
+                        // dst_e += g·u·(LN(h)[num_e] − LN(h)[zero]): the gate carries g, the
+                        // up projection the constant u (see `division_gain`).
                         let mut gate = Form::one(num_row + e, dv.gain);
                         gate.add(alloc.zero_row, -dv.gain);
                         units.push(Unit {
                             gate,
                             gate_bias: 0.0,
                             up: Form::default(),
-                            up_bias: 1.0,
+                            up_bias: dv.gain_up,
                             down: d0 + e,
                         });
                     }
@@ -348,7 +350,7 @@ pub fn compile(p: &Program, opts: &LowerOptions) -> Result<Compiled, LowerError>
                 OpKind::Aff { dst, terms, bias } => {
                     let size = p.reg(*dst).shape.size();
                     let d0 = alloc.write_row(k);
-                    for e in 0..size {
+                    for (e, &be) in bias.iter().enumerate().take(size) {
                         // The −dst overwrite is its own unit: merging it into the gate would round
                         // C − 1 when dst shares rows with a source (in place, or a reused row).
                         units.push(Unit {
@@ -377,7 +379,7 @@ pub fn compile(p: &Program, opts: &LowerOptions) -> Result<Compiled, LowerError>
                         }
                         units.push(Unit {
                             gate,
-                            gate_bias: bias[e],
+                            gate_bias: be,
                             up: Form::default(),
                             up_bias: 1.0,
                             down: d0 + e,
@@ -655,9 +657,10 @@ fn division_constants(
                 p.reg(den).name
             )));
         }
-        // Smallest P = 2^k ≥ 1 with R_max ≤ eps·P²·den_min² (⇔ R_max/(4P²den_min²) ≤ eps/4).
+        // Smallest P = 2^k ≥ 1 with R_max ≤ (eps/2)·P²·den_min² (⇔ R_max/(4P²den_min²) ≤ eps/8);
+        // with δ ≤ eps/16 from `division_gain`, the relative error stays below eps/4.
         let mut pp = 1.0f64;
-        while r_max > eps * pp * pp * den_min * den_min {
+        while r_max > 0.5 * eps * pp * pp * den_min * den_min {
             pp *= 2.0;
             if !pp.is_finite() {
                 return Err(err(format!(
@@ -679,10 +682,16 @@ fn division_constants(
                 p.reg(den).name
             )));
         }
-        // The gain g should be P·√(2/L), which f64 cannot hold exactly: of the f64 values around
-        // it, take the one with the least δ = |g²L/(2P²) − 1| (computed exactly). The relative
-        // error is then δ + (1+δ)·R_max/(4P²den_min²) — the bound the certifier proves.
-        let (gain, delta) = best_gain(pp, l);
+        // The relative error is δ + (1+δ)·R_max/(4P²den_min²) — the bound the certifier proves.
+        let (gain, gain_up, delta) = division_gain(pp, l, dtype);
+        if delta > eps / 16.0 {
+            return Err(err(format!(
+                "no gate weight and up bias in {} whose product is within {:e} of P·√(2/L) \
+                 (best δ = {delta:e})",
+                dtype.name(),
+                eps / 16.0
+            )));
+        }
         let rel = (delta + (1.0 + delta) * (r_max / (4.0 * pp * pp * den_min * den_min)).next_up())
             .next_up();
         out.push(DivReport {
@@ -692,6 +701,7 @@ fn division_constants(
             at: p.location(op.span),
             payload_scale: pp,
             gain,
+            gain_up,
             r_max,
             den_abs: [den_min, den_max],
             relative_error: rel,
@@ -701,22 +711,49 @@ fn division_constants(
     Ok(out)
 }
 
-/// The f64 gain g nearest to P·√(2/L) in the exact sense, and δ = |g²L/(2P²) − 1| rounded up.
-fn best_gain(pp: f64, l: f64) -> (f64, f64) {
+/// The division MLP's constants: gate weight g and up bias u with g·u as near P·√(2/L) as two
+/// values of the dtype allow, and δ = |(g·u)²·L/(2P²) − 1| (exact, rounded up).
+///
+/// One stored value is off by up to half an ulp, which puts δ near the dtype's epsilon. Products
+/// of two stored values are far denser: for u = 1 + k·2⁻²⁰ (exact in f32 and f64), g the dtype
+/// values nearest P·√(2/L)/u; δ behaves like a fresh sample from [0, ~2 ulp) per try, so a few
+/// hundred tries reach δ ≪ epsilon. Deterministic: the first pair with δ ≤ eps/1024, or the best.
+fn division_gain(pp: f64, l: f64, dtype: DType) -> (f64, f64, f64) {
     use num_rational::BigRational;
     use num_traits::{One, Signed, ToPrimitive};
     let exact = |x: f64| BigRational::from_float(x).expect("finite");
-    let delta = |g: f64| {
-        let c2 = exact(g) * exact(g) * exact(l) / (exact(2.0) * exact(pp) * exact(pp));
-        (c2 - BigRational::one()).abs()
+    let denom = exact(2.0) * exact(pp) * exact(pp);
+    let delta = |g: f64, u: f64| {
+        let gu = exact(g) * exact(u);
+        (&gu * &gu * exact(l) / &denom - BigRational::one()).abs()
     };
-    let g0 = pp * (2.0 / l).sqrt();
-    let (g, d) = [g0.next_down(), g0, g0.next_up()]
-        .into_iter()
-        .map(|g| (g, delta(g)))
-        .min_by(|a, b| a.1.cmp(&b.1))
-        .expect("three candidates");
-    (g, d.to_f64().unwrap_or(f64::INFINITY).next_up())
+    // The dtype's value nearest x and its two neighbours.
+    let around = |x: f64| -> [f64; 3] {
+        match dtype {
+            DType::F64 => [x.next_down(), x, x.next_up()],
+            DType::F32 => {
+                let y = x as f32;
+                [y.next_down() as f64, y as f64, y.next_up() as f64]
+            }
+        }
+    };
+    let target = pp * (2.0 / l).sqrt();
+    let good = exact(dtype.epsilon() / 1024.0);
+    let mut best: Option<(f64, f64, BigRational)> = None;
+    for k in 0..512u32 {
+        let u = 1.0 + k as f64 / (1u64 << 20) as f64;
+        for g in around(target / u) {
+            let d = delta(g, u);
+            if best.as_ref().is_none_or(|b| d < b.2) {
+                best = Some((g, u, d));
+            }
+        }
+        if best.as_ref().is_some_and(|b| b.2 <= good) {
+            break;
+        }
+    }
+    let (g, u, d) = best.expect("at least one try");
+    (g, u, d.to_f64().unwrap_or(f64::INFINITY).next_up())
 }
 
 fn build_layout(
@@ -832,6 +869,7 @@ fn build_layout(
                 layer: d.layer,
                 payload_scale: d.payload_scale,
                 gain: d.gain,
+                gain_up: d.gain_up,
             })
             .collect(),
         registers,

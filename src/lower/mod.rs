@@ -17,8 +17,15 @@ pub enum LowerError {
     Unsupported { at: String, msg: String },
     #[error("{at}: cannot choose the LayerNorm division constant for `{op}`: {msg}")]
     Division { at: String, op: String, msg: String },
+    /// Boxed: a range error carries its diagnostics and would make every `Result` large.
     #[error("range analysis failed: {0}")]
-    Ranges(#[from] crate::ranges::RangeError),
+    Ranges(Box<crate::ranges::RangeError>),
     #[error("internal error in the lowering: {msg}")]
     Internal { msg: String },
+}
+
+impl From<crate::ranges::RangeError> for LowerError {
+    fn from(e: crate::ranges::RangeError) -> Self {
+        LowerError::Ranges(Box::new(e))
+    }
 }

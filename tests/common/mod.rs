@@ -406,3 +406,30 @@ pub fn tokens(d: usize, n: usize, rng: &mut Rng) -> Vec<Vec<f64>> {
     }
     out
 }
+
+/// Compile `programs/ridge.icl` at (d, n) into a fresh temporary folder through the same
+/// pipeline as `icl-compile` (no validation prompts). Returns the folder guard, the model
+/// directory inside it and the outcome.
+pub fn compile_ridge(
+    d: usize,
+    n: usize,
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    icl::pipeline::Outcome,
+) {
+    let program = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/programs/ridge.icl"));
+    let sets = [
+        ("d".to_string(), d.to_string()),
+        ("n".to_string(), n.to_string()),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ridge");
+    let opts = icl::pipeline::Options {
+        prompts: 0,
+        ..Default::default()
+    };
+    let outcome = icl::pipeline::run(program, &sets, &out, &opts)
+        .unwrap_or_else(|e| panic!("compiling ridge.icl at d={d}, n={n}: {e:#}"));
+    (dir, out, outcome)
+}
