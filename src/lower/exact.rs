@@ -719,14 +719,6 @@ fn division_constants(
 /// values nearest P·√(2/L)/u; δ behaves like a fresh sample from [0, ~2 ulp) per try, so a few
 /// hundred tries reach δ ≪ epsilon. Deterministic: the first pair with δ ≤ eps/1024, or the best.
 fn division_gain(pp: f64, l: f64, dtype: DType) -> (f64, f64, f64) {
-    use num_rational::BigRational;
-    use num_traits::{One, Signed, ToPrimitive};
-    let exact = |x: f64| BigRational::from_float(x).expect("finite");
-    let denom = exact(2.0) * exact(pp) * exact(pp);
-    let delta = |g: f64, u: f64| {
-        let gu = exact(g) * exact(u);
-        (&gu * &gu * exact(l) / &denom - BigRational::one()).abs()
-    };
     // The dtype's value nearest x and its two neighbours.
     let around = |x: f64| -> [f64; 3] {
         match dtype {
@@ -738,22 +730,51 @@ fn division_gain(pp: f64, l: f64, dtype: DType) -> (f64, f64, f64) {
         }
     };
     let target = pp * (2.0 / l).sqrt();
-    let good = exact(dtype.epsilon() / 1024.0);
-    let mut best: Option<(f64, f64, BigRational)> = None;
+    let good = dtype.epsilon() / 1024.0;
+    let mut best = (target, 1.0, f64::INFINITY);
     for k in 0..512u32 {
         let u = 1.0 + k as f64 / (1u64 << 20) as f64;
         for g in around(target / u) {
-            let d = delta(g, u);
-            if best.as_ref().is_none_or(|b| d < b.2) {
-                best = Some((g, u, d));
+            let d = gain_delta(g, u, pp, l);
+            if d < best.2 {
+                best = (g, u, d);
             }
         }
-        if best.as_ref().is_some_and(|b| b.2 <= good) {
+        if best.2 <= good {
             break;
         }
     }
-    let (g, u, d) = best.expect("at least one try");
-    (g, u, d.to_f64().unwrap_or(f64::INFINITY).next_up())
+    best
+}
+
+/// δ = |(g·u)²·L/(2P²) − 1| in exact integer arithmetic (all four are dyadic), rounded up.
+fn gain_delta(g: f64, u: f64, pp: f64, l: f64) -> f64 {
+    use num_bigint::BigInt;
+    use num_rational::BigRational;
+    use num_traits::{Signed, ToPrimitive};
+    // x = m·2^e with an integer m (x > 0 and finite here).
+    let split = |x: f64| {
+        let bits = x.to_bits();
+        let exp = ((bits >> 52) & 0x7ff) as i64;
+        let frac = bits & ((1u64 << 52) - 1);
+        if exp == 0 {
+            (BigInt::from(frac), -1074i64)
+        } else {
+            (BigInt::from(frac | (1u64 << 52)), exp - 1075)
+        }
+    };
+    let ((mg, eg), (mu, eu), (mp, ep), (ml, el)) = (split(g), split(u), split(pp), split(l));
+    // (g·u)²·L / (2P²) = (mg·mu)²·ml / (2·mp²) · 2^s.
+    let a = &mg * &mg * &mu * &mu * &ml;
+    let b = BigInt::from(2) * &mp * &mp;
+    let s = 2 * (eg + eu) + el - 2 * ep;
+    let (a, b) = if s >= 0 {
+        (a << s as usize, b)
+    } else {
+        (a, b << (-s) as usize)
+    };
+    let r = BigRational::new((&a - &b).abs(), b);
+    r.to_f64().map(f64::next_up).unwrap_or(f64::INFINITY)
 }
 
 fn build_layout(
