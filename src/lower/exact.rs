@@ -735,7 +735,7 @@ fn division_gain(pp: f64, l: f64, dtype: DType) -> (f64, f64, f64) {
     for k in 0..512u32 {
         let u = 1.0 + k as f64 / (1u64 << 20) as f64;
         for g in around(target / u) {
-            let d = gain_delta(g, u, pp, l);
+            let d = gain_delta(g, u, pp, l, false);
             if d < best.2 {
                 best = (g, u, d);
             }
@@ -744,11 +744,13 @@ fn division_gain(pp: f64, l: f64, dtype: DType) -> (f64, f64, f64) {
             break;
         }
     }
-    best
+    let (g, u, _) = best;
+    (g, u, gain_delta(g, u, pp, l, true))
 }
 
-/// δ = |(g·u)²·L/(2P²) − 1| in exact integer arithmetic (all four are dyadic), rounded up.
-fn gain_delta(g: f64, u: f64, pp: f64, l: f64) -> f64 {
+/// δ = |(g·u)²·L/(2P²) − 1| in exact integer arithmetic (all four are dyadic): rounded up when
+/// `exact`, else to about one ulp (for ranking candidates).
+fn gain_delta(g: f64, u: f64, pp: f64, l: f64, exact: bool) -> f64 {
     use num_bigint::BigInt;
     use num_rational::BigRational;
     use num_traits::{Signed, ToPrimitive};
@@ -773,7 +775,16 @@ fn gain_delta(g: f64, u: f64, pp: f64, l: f64) -> f64 {
     } else {
         (a, b << (-s) as usize)
     };
-    let r = BigRational::new((&a - &b).abs(), b);
+    let diff = (&a - &b).abs();
+    // The quotient's f64 approximation ranks the candidates; an upper bound is needed only for
+    // the one kept (`exact` = true), where the rational is reduced and rounded up.
+    if !exact {
+        return match (diff.to_f64(), b.to_f64()) {
+            (Some(x), Some(y)) if y > 0.0 => x / y,
+            _ => f64::INFINITY,
+        };
+    }
+    let r = BigRational::new(diff, b);
     r.to_f64().map(f64::next_up).unwrap_or(f64::INFINITY)
 }
 
