@@ -87,7 +87,13 @@ pub struct DivConstants {
     pub payload_scale: f64,
     /// MLP gain: dst = g·u·(LN(h)[num] − LN(h)[zero_row]), g the gate weight, u the up bias.
     pub gain: f64,
+    /// 1 in layouts written before the gain was split in two.
+    #[serde(default = "unit_gain")]
     pub gain_up: f64,
+}
+
+fn unit_gain() -> f64 {
+    1.0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
