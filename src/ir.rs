@@ -384,6 +384,29 @@ impl Program {
             .iter()
             .position(|r| r.kind == RegKind::Input(b))
     }
+    /// The non-zero coefficients of output element `e` of an `aff` with these `terms`, in term
+    /// then operand order: (term index, source register, element of that register, coefficient).
+    /// Term t's coefficient row `e` runs over the flattened (transposed) operand, so operand
+    /// element j is register element `operand_index(shape, transposed, j / cols, j % cols)`.
+    pub fn aff_coefficients<'a>(
+        &'a self,
+        terms: &'a [AffTerm],
+        e: usize,
+    ) -> impl Iterator<Item = (usize, RegId, usize, f64)> + 'a {
+        terms.iter().enumerate().flat_map(move |(ti, t)| {
+            let seen = self.operand_shape(t.src);
+            let rs = self.registers[t.src.reg].shape;
+            let n = seen.size();
+            t.coef[e * n..(e + 1) * n]
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| **c != 0.0)
+                .map(move |(j, &c)| {
+                    let elem = operand_index(rs, t.src.transposed, j / seen.cols, j % seen.cols);
+                    (ti, t.src.reg, elem, c)
+                })
+        })
+    }
     /// Shape of an operand after its (free) transposition.
     pub fn operand_shape(&self, o: Operand) -> Shape {
         let s = self.registers[o.reg].shape;

@@ -297,22 +297,10 @@ pub fn analyze(p: &Program) -> Result<Ranges, RangeError> {
             }
             OpKind::Aff { terms, bias, .. } => {
                 let mut out: Vec<Interval> = bias.iter().map(|&b| Interval::point(b)).collect();
-                for term in terms {
-                    let shape = p.operand_shape(term.src);
-                    let rs = p.reg(term.src.reg).shape;
-                    let v = get(term.src.reg);
-                    let n_src = shape.size();
-                    for (e, acc) in out.iter_mut().enumerate() {
-                        for j in 0..n_src {
-                            let c = term.coef[e * n_src + j];
-                            if c != 0.0 {
-                                // Element j of the flattened (transposed) operand.
-                                let (i0, j0) = (j / shape.cols, j % shape.cols);
-                                let x =
-                                    v[crate::ir::operand_index(rs, term.src.transposed, i0, j0)];
-                                *acc = *acc + x.scale(c);
-                            }
-                        }
+                let srcs: Vec<Vec<Interval>> = terms.iter().map(|t| get(t.src.reg)).collect();
+                for (e, acc) in out.iter_mut().enumerate() {
+                    for (ti, _, elem, c) in p.aff_coefficients(terms, e) {
+                        *acc = *acc + srcs[ti][elem].scale(c);
                     }
                 }
                 out

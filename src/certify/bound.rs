@@ -78,25 +78,10 @@ pub fn op_error(ctx: &Ctx, k: usize, state: &[RowState]) -> Vec<f64> {
             let nd = p.reg(*dst).shape.size();
             (0..nd)
                 .map(|e| {
-                    let mut acc = 0.0;
-                    for t in terms {
-                        let sh = p.operand_shape(t.src);
-                        let ns = sh.size();
-                        for j in 0..ns {
-                            let c = t.coef[e * ns + j];
-                            if c == 0.0 {
-                                continue;
-                            }
-                            let rs = ctx.operand_row(
-                                t.src.reg,
-                                t.src.transposed,
-                                j / sh.cols,
-                                j % sh.cols,
-                            );
-                            acc = add_up(acc, mul_up(c.abs(), state[rs].err));
-                        }
-                    }
-                    acc
+                    p.aff_coefficients(terms, e)
+                        .fold(0.0, |acc, (_, reg, elem, c)| {
+                            add_up(acc, mul_up(c.abs(), state[ctx.row(reg, elem)].err))
+                        })
                 })
                 .collect()
         }

@@ -269,30 +269,12 @@ pub fn check_mlp(
                 for (e, &be) in bias.iter().enumerate().take(nd) {
                     let rd = ctx.row(*dst, e);
                     let poly = &mut expected[rd];
-                    for t in terms {
-                        let sh = p.operand_shape(t.src);
-                        let ns = sh.size();
-                        for j in 0..ns {
-                            let c = t.coef[e * ns + j];
-                            if c == 0.0 {
-                                continue;
-                            }
-                            let cd = Dy::from_f64(c).ok_or_else(|| {
-                                ctx.op_err(
-                                    l,
-                                    part,
-                                    Some(k),
-                                    format!("coefficient {c} is not finite"),
-                                )
-                            })?;
-                            let rs = ctx.operand_row(
-                                t.src.reg,
-                                t.src.transposed,
-                                j / sh.cols,
-                                j % sh.cols,
-                            );
-                            poly.lin.entry(rs as u32).or_default().add_assign(&cd);
-                        }
+                    for (_, reg, elem, c) in p.aff_coefficients(terms, e) {
+                        let cd = Dy::from_f64(c).ok_or_else(|| {
+                            ctx.op_err(l, part, Some(k), format!("coefficient {c} is not finite"))
+                        })?;
+                        let rs = ctx.row(reg, elem);
+                        poly.lin.entry(rs as u32).or_default().add_assign(&cd);
                     }
                     let bdy = Dy::from_f64(be).ok_or_else(|| {
                         ctx.op_err(l, part, Some(k), format!("bias {be} is not finite"))

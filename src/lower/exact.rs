@@ -350,6 +350,10 @@ pub fn compile(p: &Program, opts: &LowerOptions) -> Result<Compiled, LowerError>
                 OpKind::Aff { dst, terms, bias } => {
                     let size = p.reg(*dst).shape.size();
                     let d0 = alloc.write_row(k);
+                    // First hidden row of each term's source register.
+                    let term_rows: Vec<usize> = (0..terms.len())
+                        .map(|ti| alloc.read_row(p, k, ti))
+                        .collect();
                     for (e, &be) in bias.iter().enumerate().take(size) {
                         // The −dst overwrite is its own unit: merging it into the gate would round
                         // C − 1 when dst shares rows with a source (in place, or a reused row).
@@ -361,21 +365,8 @@ pub fn compile(p: &Program, opts: &LowerOptions) -> Result<Compiled, LowerError>
                             down: d0 + e,
                         });
                         let mut gate = Form::default();
-                        for (ti, term) in terms.iter().enumerate() {
-                            let shape = p.operand_shape(term.src);
-                            let rs = p.reg(term.src.reg).shape;
-                            let s0 = alloc.read_row(p, k, ti);
-                            let n_src = shape.size();
-                            for j in 0..n_src {
-                                let c = term.coef[e * n_src + j];
-                                if c != 0.0 {
-                                    let (i0, j0) = (j / shape.cols, j % shape.cols);
-                                    gate.add(
-                                        s0 + operand_index(rs, term.src.transposed, i0, j0),
-                                        c,
-                                    );
-                                }
-                            }
+                        for (ti, _, elem, c) in p.aff_coefficients(terms, e) {
+                            gate.add(term_rows[ti] + elem, c);
                         }
                         units.push(Unit {
                             gate,
@@ -756,14 +747,8 @@ fn gain_delta(g: f64, u: f64, pp: f64, l: f64, exact: bool) -> f64 {
     use num_traits::{Signed, ToPrimitive};
     // x = m·2^e with an integer m (x > 0 and finite here).
     let split = |x: f64| {
-        let bits = x.to_bits();
-        let exp = ((bits >> 52) & 0x7ff) as i64;
-        let frac = bits & ((1u64 << 52) - 1);
-        if exp == 0 {
-            (BigInt::from(frac), -1074i64)
-        } else {
-            (BigInt::from(frac | (1u64 << 52)), exp - 1075)
-        }
+        let (m, e, _) = num_traits::Float::integer_decode(x);
+        (BigInt::from(m), e as i64)
     };
     let ((mg, eg), (mu, eu), (mp, ep), (ml, el)) = (split(g), split(u), split(pp), split(l));
     // (g·u)²·L / (2P²) = (mg·mu)²·ml / (2·mp²) · 2^s.
