@@ -186,7 +186,9 @@ pub fn run(
 ) -> Result<Outcome> {
     let p = load(program, sets)?;
     let compiled = lower(&p, opts.dtype)?;
-    let mut certificate = certificate_for(&p, &compiled)?;
+    let cert = certify_compiled(&p, &compiled)?;
+    let end_to_end = cert.end_to_end.summary();
+    let mut certificate = serde_json::to_value(&cert)?;
     let validation = if opts.prompts > 0 {
         Some(validate(&p, &compiled, opts)?)
     } else {
@@ -202,12 +204,6 @@ pub fn run(
         .and_then(|v| v.as_str())
         .unwrap_or("unknown")
         .to_string();
-    let end_to_end = certificate
-        .get("end_to_end")
-        .cloned()
-        .and_then(|v| serde_json::from_value::<crate::certify::EndToEnd>(v).ok())
-        .map(|e| e.summary())
-        .unwrap_or_else(|| "no end-to-end statement".into());
     Ok(Outcome {
         program: p,
         compiled,
@@ -316,15 +312,19 @@ pub fn run_model(c: &Compiled, prompts: &[Prompt], device: &str) -> Result<Vec<V
 /// certificate.json for a compile: the per-layer translation validation (`certify`) run on the
 /// weights exactly as stored (serialized in the dtype and read back), the config and the layout.
 pub fn certificate_for(p: &Program, c: &Compiled) -> Result<serde_json::Value> {
+    Ok(serde_json::to_value(certify_compiled(p, c)?)?)
+}
+
+/// The certificate of [`certificate_for`], typed.
+pub fn certify_compiled(p: &Program, c: &Compiled) -> Result<crate::certify::Certificate> {
     let files = crate::certify::ModelFiles {
         config: c.config.clone(),
         tensors: stored_tensors(c)?,
         dtype: c.config.dtype,
         layout: c.layout.clone(),
     };
-    let cert = crate::certify::certify_model(p, &files)
-        .map_err(|e| anyhow!("the certifier rejects the compiled model: {e}"))?;
-    Ok(serde_json::to_value(&cert)?)
+    crate::certify::certify_model(p, &files)
+        .map_err(|e| anyhow!("the certifier rejects the compiled model: {e}"))
 }
 
 fn record_validation(cert: &mut serde_json::Value, v: &ValidationReport) {
