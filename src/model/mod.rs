@@ -7,6 +7,7 @@
 //! forward pass below line for line.
 
 pub mod config;
+pub mod schema;
 
 use crate::prompt::Prompt;
 use crate::tensors::{self, NamedTensors, RawTensor};
@@ -177,66 +178,10 @@ pub fn validate_config(c: &ModelConfig) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// Every tensor a config requires, with its shape (docs/FORMATS.md, table "model.safetensors").
+/// Every tensor a config requires, with its shape (docs/FORMATS.md, table "model.safetensors"):
+/// the names of [`schema::Weights::spec`].
 pub fn expected_tensors(c: &ModelConfig) -> BTreeMap<String, Vec<usize>> {
-    let w = c.width;
-    let mut m = BTreeMap::new();
-    let mut put = |name: String, shape: Vec<usize>| {
-        m.insert(name, shape);
-    };
-    put("embed.weight".into(), vec![w, c.d + 1]);
-    put("embed.bias".into(), vec![w]);
-    put("pos.weight".into(), vec![c.max_len, w]);
-    for (l, layer) in c.layers.iter().enumerate() {
-        let p = format!("layers.{l}");
-        if layer.attn_norm.is_some() {
-            put(format!("{p}.attn_norm.weight"), vec![w]);
-            put(format!("{p}.attn_norm.bias"), vec![w]);
-        }
-        if let Some(a) = &layer.attn {
-            let inner = a.inner();
-            if a.qk {
-                for q in ["q", "k"] {
-                    put(format!("{p}.attn.{q}.weight"), vec![inner, w]);
-                    put(format!("{p}.attn.{q}.bias"), vec![inner]);
-                }
-            }
-            put(format!("{p}.attn.v.weight"), vec![inner, w]);
-            put(format!("{p}.attn.v.bias"), vec![inner]);
-            put(format!("{p}.attn.o.weight"), vec![w, inner]);
-            put(format!("{p}.attn.o.bias"), vec![w]);
-            if a.bias {
-                put(
-                    format!("{p}.attn.bias"),
-                    vec![a.heads, c.max_len, c.max_len + 1],
-                );
-            }
-            if let Some(MomentumConfig::Learned { .. }) = a.momentum {
-                put(format!("{p}.attn.momentum_logit"), vec![a.heads]);
-            }
-        }
-        if layer.norm.is_some() {
-            put(format!("{p}.norm.weight"), vec![w]);
-            put(format!("{p}.norm.bias"), vec![w]);
-        }
-        if let Some(mlp) = &layer.mlp {
-            if mlp.kind == MlpKind::Bilinear {
-                put(format!("{p}.mlp.gate.weight"), vec![mlp.hidden, w]);
-                put(format!("{p}.mlp.gate.bias"), vec![mlp.hidden]);
-            }
-            put(format!("{p}.mlp.up.weight"), vec![mlp.hidden, w]);
-            put(format!("{p}.mlp.up.bias"), vec![mlp.hidden]);
-            put(format!("{p}.mlp.down.weight"), vec![w, mlp.hidden]);
-            put(format!("{p}.mlp.down.bias"), vec![w]);
-        }
-    }
-    if c.final_norm.is_some() {
-        put("final_norm.weight".into(), vec![w]);
-        put("final_norm.bias".into(), vec![w]);
-    }
-    put("readout.weight".into(), vec![1, w]);
-    put("readout.bias".into(), vec![1]);
-    m
+    schema::Weights::spec(c).shapes()
 }
 
 /// Check named tensors against a config: every expected tensor present with its shape, nothing
