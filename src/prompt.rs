@@ -1,5 +1,5 @@
 //! In-context regression prompts: sampling and the token encoding shared by compiled and trained
-//! models (DESIGN §2).
+//! models (docs/LANGUAGE.md, "Prompt layout").
 //!
 //! A prompt with n examples is the column sequence x̃_1, ỹ_1, …, x̃_n, ỹ_n, x̃_{n+1} with
 //! x̃_k = [0, x_k] and ỹ_k = [y_k, 0…0] (d+1 values each). x̃_k is column 2k−2, ỹ_k column 2k−1.
@@ -60,7 +60,7 @@ pub fn x_column(k: usize) -> usize {
     2 * k - 2
 }
 
-/// The distribution prompts are drawn from (DESIGN §6): x ~ N(shift, scale² I_d),
+/// The distribution prompts are drawn from: x ~ N(shift, scale² I_d),
 /// w ~ N(0, τ² I_d), y = wᵀx + N(0, σ²).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PromptDistribution {

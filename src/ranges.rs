@@ -1,4 +1,4 @@
-//! Sound interval range analysis of a checked program (DESIGN §4.2).
+//! Sound interval range analysis of a checked program (docs/ARCHITECTURE.md, "Meaning").
 //!
 //! Every element of every register is given an interval that contains its value in every column
 //! of every prompt whose inputs satisfy the input assumptions (`assume x in [...]`), provided the

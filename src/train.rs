@@ -1,4 +1,4 @@
-//! Trained-model mode (DESIGN §6, issue 4): ordinary transformers trained on in-context linear
+//! Trained-model mode (docs/ARCHITECTURE.md, "Trained mode and analysis"): ordinary transformers trained on in-context linear
 //! regression with the same [`Transformer`] type compiled models use.
 //!
 //! Determinism: the batch of step s is drawn from `ChaCha8(batch_seed(seed, s))` — a function of
@@ -76,7 +76,7 @@ fn one() -> f64 {
 pub enum Arch {
     /// Pre-LayerNorm on attention and MLP inputs, final LayerNorm.
     Gpt2,
-    /// LayerNorm only on the MLP input (reference/akyurek.md §1.1).
+    /// LayerNorm only on the MLP input (the block of Akyürek et al., ICLR 2023).
     Paper,
 }
 
@@ -94,7 +94,7 @@ pub struct ArchConfig {
     pub activation: Activation,
     #[serde(default = "default_ln_eps")]
     pub ln_eps: f64,
-    /// Momentum attention with a fixed decay η in [0, 1) (reference/dai.md §3).
+    /// Momentum attention with a fixed decay η in [0, 1) (docs/FORMATS.md, "Momentum attention"; Dai et al. 2023).
     #[serde(default)]
     pub momentum_eta: Option<f64>,
     /// Momentum attention with a learned per-head decay η_h = sigmoid(logit_h).
