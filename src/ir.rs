@@ -18,7 +18,75 @@ pub struct Span {
 }
 
 /// Index of a register in [`Program::registers`].
-pub type RegId = usize;
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RegId(pub usize);
+
+impl RegId {
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
+impl std::fmt::Display for RegId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "r{}", self.0)
+    }
+}
+
+impl std::ops::Index<RegId> for [Register] {
+    type Output = Register;
+    fn index(&self, r: RegId) -> &Register {
+        &self[r.0]
+    }
+}
+
+impl std::ops::Index<RegId> for Vec<Register> {
+    type Output = Register;
+    fn index(&self, r: RegId) -> &Register {
+        &self[r.0]
+    }
+}
+
+/// A table with one entry per register of a program, indexed by [`RegId`] (so a row, layer or
+/// op number cannot be used where a register is meant).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegMap<T>(Vec<T>);
+
+impl<T> RegMap<T> {
+    /// One entry per register of `p`, `f(id)` for register `id`.
+    pub fn from_fn(p: &Program, f: impl FnMut(RegId) -> T) -> RegMap<T> {
+        RegMap(p.reg_ids().map(f).collect())
+    }
+    /// The entry of `r`, if `r` is a register of the program.
+    pub fn get(&self, r: RegId) -> Option<&T> {
+        self.0.get(r.0)
+    }
+    /// Every register with its entry, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = (RegId, &T)> {
+        self.0.iter().enumerate().map(|(i, v)| (RegId(i), v))
+    }
+}
+
+impl<T: Clone> RegMap<T> {
+    /// `v` for every register of `p`.
+    pub fn filled(p: &Program, v: T) -> RegMap<T> {
+        RegMap(vec![v; p.registers.len()])
+    }
+}
+
+impl<T> std::ops::Index<RegId> for RegMap<T> {
+    type Output = T;
+    fn index(&self, r: RegId) -> &T {
+        &self.0[r.0]
+    }
+}
+
+impl<T> std::ops::IndexMut<RegId> for RegMap<T> {
+    fn index_mut(&mut self, r: RegId) -> &mut T {
+        &mut self.0[r.0]
+    }
+}
 
 /// Shape of a register: `rows × cols`, stored row-major (element (i,j) at i·cols + j).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -376,13 +444,21 @@ impl Program {
     pub fn reg(&self, id: RegId) -> &Register {
         &self.registers[id]
     }
+    /// Every register id, in order.
+    pub fn reg_ids(&self) -> impl Iterator<Item = RegId> {
+        (0..self.registers.len()).map(RegId)
+    }
     pub fn reg_by_name(&self, name: &str) -> Option<RegId> {
-        self.registers.iter().position(|r| r.name == name)
+        self.registers
+            .iter()
+            .position(|r| r.name == name)
+            .map(RegId)
     }
     pub fn input(&self, b: Builtin) -> Option<RegId> {
         self.registers
             .iter()
             .position(|r| r.kind == RegKind::Input(b))
+            .map(RegId)
     }
     /// The non-zero coefficients of output element `e` of an `aff` with these `terms`, in term
     /// then operand order: (term index, source register, element of that register, coefficient).

@@ -10,7 +10,7 @@
 //! then widened outward by one ulp (`next_down`/`next_up`), which encloses the exact real result
 //! of a single operation on exact endpoints. Sums are widened after every addition.
 
-use crate::ir::{Bound, Builtin, OpKind, Program, RegId, RegKind};
+use crate::ir::{Bound, Builtin, OpKind, Program, RegId, RegKind, RegMap};
 
 /// A closed interval `[lo, hi]`; `lo` may be −∞ and `hi` +∞.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -164,9 +164,9 @@ pub enum RangeError {
 pub struct Ranges {
     /// `states[k][reg]`: per-element intervals just before op k (k = ops.len(): at the end).
     /// `None`: not written yet.
-    states: Vec<Vec<Option<Vec<Interval>>>>,
+    states: Vec<RegMap<Option<Vec<Interval>>>>,
     /// Per register, per element: hull over every state.
-    hulls: Vec<Option<Vec<Interval>>>,
+    hulls: RegMap<Option<Vec<Interval>>>,
 }
 
 impl Ranges {
@@ -241,15 +241,10 @@ fn input_range(p: &Program, reg: RegId, b: Builtin) -> Vec<Interval> {
 // The error carries the locations a user needs; it is built once, on the failure path.
 #[allow(clippy::result_large_err)]
 pub fn analyze(p: &Program) -> Result<Ranges, RangeError> {
-    let mut state: Vec<Option<Vec<Interval>>> = p
-        .registers
-        .iter()
-        .enumerate()
-        .map(|(id, r)| match r.kind {
-            RegKind::Input(b) => Some(input_range(p, id, b)),
-            RegKind::Work => None,
-        })
-        .collect();
+    let mut state: RegMap<Option<Vec<Interval>>> = RegMap::from_fn(p, |id| match p.reg(id).kind {
+        RegKind::Input(b) => Some(input_range(p, id, b)),
+        RegKind::Work => None,
+    });
     let mut states = Vec::with_capacity(p.ops.len() + 1);
     for op in &p.ops {
         states.push(state.clone());
@@ -323,9 +318,9 @@ pub fn analyze(p: &Program) -> Result<Ranges, RangeError> {
         state[dst] = Some(out);
     }
     states.push(state);
-    let mut hulls: Vec<Option<Vec<Interval>>> = vec![None; p.registers.len()];
+    let mut hulls: RegMap<Option<Vec<Interval>>> = RegMap::filled(p, None);
     for st in &states {
-        for (reg, v) in st.iter().enumerate() {
+        for (reg, v) in st.iter() {
             if let Some(v) = v {
                 hulls[reg] = Some(match hulls[reg].take() {
                     None => v.clone(),

@@ -20,7 +20,7 @@
 
 use super::schedule::{self, Schedule};
 use super::LowerError;
-use crate::ir::{Builtin, Program, RegId, RegKind};
+use crate::ir::{Builtin, Program, RegId, RegKind, RegMap};
 
 /// One live range of a work register.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +51,7 @@ pub struct Allocation {
     pub zero_row: usize,
     pub payload: Option<[usize; 2]>,
     /// Block of the last read of each input register (None if never read).
-    pub input_last_read: Vec<Option<usize>>,
+    pub input_last_read: RegMap<Option<usize>>,
 }
 
 impl Allocation {
@@ -109,10 +109,10 @@ pub fn allocate(p: &Program, sched: &Schedule) -> Result<Allocation, LowerError>
     let final_stage = schedule::mlp_stage(sched.blocks) + 1;
     // --- live ranges ---
     let mut webs: Vec<Web> = Vec::new();
-    let mut current: Vec<Option<usize>> = vec![None; p.registers.len()];
+    let mut current: RegMap<Option<usize>> = RegMap::filled(p, None);
     let mut read_webs = Vec::with_capacity(nops);
     let mut write_web = Vec::with_capacity(nops);
-    let mut input_last_read: Vec<Option<usize>> = vec![None; p.registers.len()];
+    let mut input_last_read: RegMap<Option<usize>> = RegMap::filled(p, None);
     for (k, op) in p.ops.iter().enumerate() {
         let b = sched.block_of[k];
         let mut rw = Vec::new();
@@ -251,15 +251,13 @@ pub fn allocate(p: &Program, sched: &Schedule) -> Result<Allocation, LowerError>
     }
     // --- free registers: first fit in order of first write; all live ranges of a register share
     // its rows (one placement per register in layout.json), other registers may use the gaps ---
-    let mut by_reg: Vec<Vec<usize>> = vec![Vec::new(); p.registers.len()];
+    let mut by_reg: RegMap<Vec<usize>> = RegMap::filled(p, Vec::new());
     for (w, web) in webs.iter().enumerate() {
         if p.reg(web.reg).pinned.is_none() {
             by_reg[web.reg].push(w);
         }
     }
-    let mut order: Vec<usize> = (0..p.registers.len())
-        .filter(|&r| !by_reg[r].is_empty())
-        .collect();
+    let mut order: Vec<RegId> = p.reg_ids().filter(|&r| !by_reg[r].is_empty()).collect();
     order.sort_by_key(|&r| (webs[by_reg[r][0]].start, r));
     let base = d + 1;
     for reg in order {

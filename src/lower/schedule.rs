@@ -20,7 +20,7 @@
 //! Hazards are tracked per register, not per live range (no renaming): renaming would let every
 //! independent `mov` of a loop be hoisted to the first block, keeping all of them live at once.
 
-use crate::ir::{OpKind, Program, RegKind};
+use crate::ir::{OpKind, Program, RegId, RegKind, RegMap};
 
 /// Attention stage of block `b`.
 pub fn attn_stage(b: usize) -> usize {
@@ -46,7 +46,7 @@ fn stage(part: Part, b: usize) -> usize {
 }
 
 /// Reads of an op, each with the part that reads it.
-pub fn reads(op: &OpKind) -> Vec<(usize, Part)> {
+pub fn reads(op: &OpKind) -> Vec<(RegId, Part)> {
     match op {
         OpKind::Mov { src, .. } => vec![(*src, Part::Attn)],
         OpKind::Mul { a, b, .. } => vec![(a.reg, Part::Mlp), (b.reg, Part::Mlp)],
@@ -81,14 +81,11 @@ struct BlockUse {
 
 /// Schedule `p` (see the module comment).
 pub fn schedule(p: &Program) -> Schedule {
-    let nregs = p.registers.len();
     // Stage of the last write / read of each register so far (inputs: written by the embedding).
-    let mut last_write: Vec<Option<usize>> = p
-        .registers
-        .iter()
-        .map(|r| matches!(r.kind, RegKind::Input(_)).then_some(0))
-        .collect();
-    let mut last_read: Vec<Option<usize>> = vec![None; nregs];
+    let mut last_write: RegMap<Option<usize>> = RegMap::from_fn(p, |r| {
+        matches!(p.reg(r).kind, RegKind::Input(_)).then_some(0)
+    });
+    let mut last_read: RegMap<Option<usize>> = RegMap::filled(p, None);
     let mut blocks: Vec<BlockUse> = Vec::new();
     let mut block_of = Vec::with_capacity(p.ops.len());
     for op in &p.ops {
