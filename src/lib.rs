@@ -8,7 +8,6 @@
 //! models, `solvers` the f64 ground truth, `prompt` the task, `train` and `eval` the trained mode.
 
 pub mod certify;
-pub mod check;
 pub mod emit;
 pub mod eval;
 pub mod front;

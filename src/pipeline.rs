@@ -216,7 +216,7 @@ pub fn run(
 
 /// Load and check a program file.
 pub fn load(program: &Path, sets: &[(String, String)]) -> Result<Program> {
-    crate::check::load_file(program, sets).map_err(|e| anyhow!("{e}"))
+    crate::front::load_file(program, sets).map_err(|e| anyhow!("{e}"))
 }
 
 /// Run the validation prompts through the model of `compiled` (and of the other dtype's compile).

@@ -46,8 +46,8 @@ fn compiled_programs_snapshot() {
         let rel = path.strip_prefix(root).unwrap().to_path_buf();
         // A program whose shape is fixed to its own d (e.g. ridge_elim's d = 4 selectors) is
         // snapshot at its d, with n = 2.
-        let p = icl::check::load_file(&rel, &overrides(&path))
-            .or_else(|_| icl::check::load_file(&rel, &[("n".to_string(), "2".to_string())]))
+        let p = icl::front::load_file(&rel, &overrides(&path))
+            .or_else(|_| icl::front::load_file(&rel, &[("n".to_string(), "2".to_string())]))
             .unwrap_or_else(|e| panic!("{}: {e}", rel.display()));
         let c = icl::pipeline::lower(&p, DType::F64)
             .unwrap_or_else(|e| panic!("{}: {e:#}", rel.display()));
