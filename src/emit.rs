@@ -1,4 +1,4 @@
-//! Writing a compiled model directory (DESIGN §5, docs/FORMATS.md): `model.safetensors`,
+//! Writing a compiled model directory (docs/FORMATS.md): `model.safetensors`,
 //! `config.json`, `layout.json`, `certificate.json`.
 //!
 //! Deterministic: tensors are sorted by name (BTreeMap), config.json and layout.json come from

@@ -1,4 +1,4 @@
-//! The `icl-compile` pipeline: load → lower → certify → validate → write (DESIGN §1, §4.3, §5).
+//! The `icl-compile` pipeline: load → lower → certify → validate → write (docs/ARCHITECTURE.md).
 //!
 //! - **Load**: the checked program (front end + checker).
 //! - **Lower**: `lower::exact` in the requested dtype.
@@ -166,7 +166,7 @@ pub fn max_errors(model: &[Vec<f64>], reference: &[Vec<f64>]) -> (f64, f64) {
     (abs, rel)
 }
 
-/// Validation prompts: x ~ N(0, I), w ~ N(0, I), noiseless (DESIGN §6), seeded.
+/// Validation prompts: x ~ N(0, I), w ~ N(0, I), noiseless, seeded.
 pub fn validation_prompts(p: &Program, count: usize, seed: u64) -> Vec<Prompt> {
     PromptDistribution::new(p.d, p.n).sample_batch(count, seed)
 }
