@@ -51,7 +51,7 @@ fn compiled_programs_snapshot() {
             .unwrap_or_else(|e| panic!("{}: {e}", rel.display()));
         let c = icl::pipeline::lower(&p, DType::F64)
             .unwrap_or_else(|e| panic!("{}: {e:#}", rel.display()));
-        let cert = icl::pipeline::certificate_for(&p, &c)
+        let cert = icl::pipeline::certify_compiled(&p, &c)
             .unwrap_or_else(|e| panic!("{}: {e:#}", rel.display()));
         let name = rel
             .with_extension("")
@@ -70,7 +70,7 @@ fn compiled_programs_snapshot() {
             serde_json::to_string_pretty(&c.config).unwrap(),
             icl::emit::listing(&c.tensors),
             serde_json::to_string_pretty(&c.layout).unwrap(),
-            serde_json::to_string_pretty(&cert).unwrap(),
+            icl::emit::certificate_text(&cert).unwrap(),
         );
         insta::with_settings!({snapshot_path => "../snapshots", prepend_module_to_snapshot => false}, {
             insta::assert_snapshot!(format!("compiled__{name}"), text);
