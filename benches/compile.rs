@@ -18,7 +18,7 @@ fn compile_and_certify(c: &mut Criterion) {
         b.iter(|| {
             let p = icl::pipeline::load(path, &sets()).expect("loads");
             let compiled = icl::pipeline::lower(&p, DType::F64).expect("lowers");
-            icl::pipeline::certificate_for(&p, &compiled).expect("certifies")
+            icl::pipeline::certify_compiled(&p, &compiled).expect("certifies")
         })
     });
     g.finish();

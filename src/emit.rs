@@ -1,12 +1,14 @@
-//! Writing a compiled model directory (DESIGN §5, docs/FORMATS.md): `model.safetensors`,
+//! Writing a compiled model directory (docs/FORMATS.md): `model.safetensors`,
 //! `config.json`, `layout.json`, `certificate.json`.
 //!
-//! Deterministic: tensors are sorted by name (BTreeMap), JSON comes from structs with fixed field
-//! order and BTreeMaps, floats are written by serde_json's shortest round-trip formatting, and
-//! nothing records a time or a path. Atomic: the four files are written into a fresh temporary
+//! Deterministic: tensors are sorted by name (BTreeMap), config.json and layout.json come from
+//! structs with fixed field order and BTreeMaps, certificate.json from the typed certificate with
+//! every object's keys sorted, floats are written by serde_json's shortest round-trip formatting,
+//! and nothing records a time or a path. Atomic: the four files are written into a fresh temporary
 //! folder beside the target, which then replaces the target by renames; a failure leaves either
 //! the old folder or the new one, never a half-written one.
 
+use crate::certify::Certificate;
 use crate::lower::Compiled;
 use crate::tensors::{self, NamedTensors};
 use serde::Serialize;
@@ -34,10 +36,23 @@ pub fn to_json<T: Serialize>(what: &str, v: &T) -> Result<Vec<u8>, EmitError> {
     Ok(s)
 }
 
+/// certificate.json's text (without the trailing newline of the file): pretty JSON with every
+/// object's keys in sorted order, the form certificate.json has always had (it was built as a
+/// `serde_json::Value`, whose maps are sorted), so the bytes do not depend on the field order of
+/// the [`Certificate`] structs.
+pub fn certificate_text(certificate: &Certificate) -> Result<String, EmitError> {
+    let err = |e: serde_json::Error| EmitError::Json {
+        what: "certificate.json".into(),
+        msg: e.to_string(),
+    };
+    let sorted = serde_json::to_value(certificate).map_err(err)?;
+    serde_json::to_string_pretty(&sorted).map_err(err)
+}
+
 /// The four files of a compiled model directory, as bytes (name, content), in a fixed order.
-pub fn files<C: Serialize>(
+pub fn files(
     compiled: &Compiled,
-    certificate: &C,
+    certificate: &Certificate,
 ) -> Result<Vec<(&'static str, Vec<u8>)>, EmitError> {
     Ok(vec![
         (
@@ -48,16 +63,16 @@ pub fn files<C: Serialize>(
         ("layout.json", to_json("layout.json", &compiled.layout)?),
         (
             "certificate.json",
-            to_json("certificate.json", certificate)?,
+            (certificate_text(certificate)? + "\n").into_bytes(),
         ),
     ])
 }
 
 /// Write a compiled model directory atomically (see the module comment).
-pub fn write_dir<C: Serialize>(
+pub fn write_dir(
     dir: &Path,
     compiled: &Compiled,
-    certificate: &C,
+    certificate: &Certificate,
 ) -> Result<(), EmitError> {
     let contents = files(compiled, certificate)?;
     write_files_atomic(dir, &contents)

@@ -178,8 +178,10 @@ pub enum InterpError {
     },
     #[error("malformed prompt: {0}")]
     MalformedPrompt(String),
+    /// The program breaks an invariant of [`ir::validate`] (possible only for hand-built
+    /// programs; the front end builds valid ones).
     #[error("malformed program: {0}")]
-    MalformedProgram(String),
+    MalformedProgram(#[from] ir::ValidateError),
     #[error("{location}: `{op}` reads register `{register}` before it is written")]
     Unwritten {
         register: String,
@@ -285,110 +287,6 @@ fn check_prompt(p: &Program, prompt: &Prompt) -> Result<(), InterpError> {
     Ok(())
 }
 
-/// Checks the program's internal consistency so that running it cannot panic (the checker
-/// guarantees all of this for programs from `.icl` text; hand-built programs may not).
-fn check_program(p: &Program) -> Result<(), InterpError> {
-    let nregs = p.registers.len();
-    let bad = |m: String| Err(InterpError::MalformedProgram(m));
-    let reg_ok = |r: usize, what: &str, op: &ir::Op| -> Result<(), InterpError> {
-        if r >= nregs {
-            return Err(InterpError::MalformedProgram(format!(
-                "`{}`: {what} refers to register {r}, but there are {nregs}",
-                op.text
-            )));
-        }
-        Ok(())
-    };
-    for r in &p.registers {
-        if let RegKind::Input(b) = r.kind {
-            if r.shape != b.shape(p.d) {
-                return bad(format!(
-                    "input `{}` has shape {}, expected {}",
-                    r.name,
-                    r.shape,
-                    b.shape(p.d)
-                ));
-            }
-        }
-    }
-    if p.output >= nregs || !p.registers[p.output].shape.is_scalar() {
-        return bad("the output is not a scalar register".into());
-    }
-    for a in &p.assumptions {
-        if a.reg >= nregs {
-            return bad(format!("assumption `{}` names register {}", a.text, a.reg));
-        }
-    }
-    let columns = p.columns();
-    for op in &p.ops {
-        let dst = op.kind.dst();
-        reg_ok(dst, "the destination", op)?;
-        if matches!(p.registers[dst].kind, RegKind::Input(_)) {
-            return bad(format!(
-                "`{}` writes the input `{}`",
-                op.text, p.registers[dst].name
-            ));
-        }
-        for r in op.kind.reads() {
-            reg_ok(r, "an operand", op)?;
-        }
-        let dshape = p.registers[dst].shape;
-        match &op.kind {
-            OpKind::Mov { src, pattern, .. } => {
-                if p.registers[*src].shape != dshape {
-                    return bad(format!("`{}`: mov between different shapes", op.text));
-                }
-                if let ir::Pattern::Col(c) = pattern {
-                    if *c >= columns {
-                        return bad(format!(
-                            "`{}`: column {c} is past the last column {}",
-                            op.text,
-                            columns - 1
-                        ));
-                    }
-                }
-            }
-            OpKind::Mul { a, b, .. } => {
-                let (sa, sb) = (p.operand_shape(*a), p.operand_shape(*b));
-                if sa.cols != sb.rows || dshape != ir::Shape::mat(sa.rows, sb.cols) {
-                    return bad(format!(
-                        "`{}`: {} · {} does not give the destination's {}",
-                        op.text, sa, sb, dshape
-                    ));
-                }
-            }
-            OpKind::Div { num, den, .. } => {
-                if p.registers[*num].shape != dshape || !p.registers[*den].shape.is_scalar() {
-                    return bad(format!("`{}`: div shapes do not match", op.text));
-                }
-            }
-            OpKind::Aff { terms, bias, .. } => {
-                if bias.len() != dshape.size() {
-                    return bad(format!(
-                        "`{}`: bias has {} entries, destination {}",
-                        op.text,
-                        bias.len(),
-                        dshape.size()
-                    ));
-                }
-                for t in terms {
-                    let n = p.registers[t.src.reg].shape.size();
-                    if t.coef.len() != dshape.size() * n {
-                        return bad(format!(
-                            "`{}`: a coefficient has {} entries, expected {}×{}",
-                            op.text,
-                            t.coef.len(),
-                            dshape.size(),
-                            n
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 fn convert<T: Scalar>(v: f64, p: &Program, op: &ir::Op) -> Result<T, InterpError> {
     T::from_f64(v).ok_or_else(|| InterpError::NonFiniteConstant {
         op: op_text(op),
@@ -460,7 +358,7 @@ fn run_generic<T: Scalar>(
     prompt: &Prompt,
     trace: bool,
 ) -> Result<Run<T>, InterpError> {
-    check_program(p)?;
+    ir::validate(p)?;
     check_prompt(p, prompt)?;
     let columns = p.columns();
     let tokens = prompt.tokens();

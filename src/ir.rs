@@ -1,12 +1,16 @@
 //! The checked, unrolled program: the one representation every later stage reads
 //! (interpreter, range analysis, lowering, certification).
 //!
-//! Produced by `front` + `check` from `.icl` text (see `docs/LANGUAGE.md`). All constants are
-//! f64 values computed at compile time; they are the program's exact constants (the rational
-//! interpreter uses the exact rational value of each double).
+//! Produced by [`crate::front::load_program`] from `.icl` text (see `docs/LANGUAGE.md`). All
+//! constants are f64 values computed at compile time; they are the program's exact constants
+//! (the rational interpreter uses the exact rational value of each double). [`validate`] checks
+//! the invariants the later stages rely on.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+mod validate;
+pub use validate::{validate, Role, ValidateError};
 
 /// A byte range in the source text, with its 1-based line and column for messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]

@@ -1,14 +1,13 @@
 //! icl — compile mov/mul/div/aff programs to transformer weights, prove every layer, run them
 //! with Candle; train ordinary transformers on the same in-context regression task.
 //!
-//! The pipeline (DESIGN §1):
-//! `.icl text ─front→ AST ─check→ ir::Program ─lower::exact→ Compiled ─emit→ files`,
+//! The pipeline (docs/ARCHITECTURE.md):
+//! `.icl text ─front→ ir::Program ─ir::validate→ ─lower::exact→ Compiled ─certify→ ─emit→ files`,
 //! with `interp` the meaning, `ranges` the sound interval analysis, `certify` the per-layer proof
 //! read back from the emitted files, `model` the one Candle transformer for compiled and trained
 //! models, `solvers` the f64 ground truth, `prompt` the task, `train` and `eval` the trained mode.
 
 pub mod certify;
-pub mod check;
 pub mod emit;
 pub mod eval;
 pub mod front;

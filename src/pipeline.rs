@@ -1,4 +1,4 @@
-//! The `icl-compile` pipeline: load → lower → certify → validate → write (DESIGN §1, §4.3, §5).
+//! The `icl-compile` pipeline: load → lower → certify → validate → write (docs/ARCHITECTURE.md).
 //!
 //! - **Load**: the checked program (front end + checker).
 //! - **Lower**: `lower::exact` in the requested dtype.
@@ -18,6 +18,7 @@
 //! error where the prediction is below 1 in magnitude, e.g. the 0 prediction from no examples),
 //! maximised over prompts and x̃ columns.
 
+use crate::certify::{Certificate, ExtF64, Measurement, Validation, ValidationFigures};
 use crate::ir::{ParamValue, Program};
 use crate::lower::{self, Compiled, LowerOptions};
 use crate::model::config::DType;
@@ -62,6 +63,16 @@ pub struct Errors {
     pub interp_rel_vs_solver: Option<f64>,
 }
 
+impl Errors {
+    /// The figures certificate.json records (a program without a solver records 0 against it).
+    pub fn figures(&self) -> ValidationFigures {
+        ValidationFigures {
+            max_abs_vs_interp: ExtF64(self.max_abs_vs_interp),
+            max_rel_vs_solver: ExtF64(self.max_rel_vs_solver.unwrap_or(0.0)),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ValidationReport {
     pub prompts: usize,
@@ -69,8 +80,21 @@ pub struct ValidationReport {
     pub device: String,
     pub solver: Option<String>,
     pub f64: Errors,
-    /// `Err(reason)` when no f32 model can be compiled (the LayerNorm payload would overflow f32).
-    pub f32: Result<Errors, String>,
+    /// Unavailable, with the reason, when no f32 model can be compiled (the LayerNorm payload
+    /// would overflow f32).
+    pub f32: Measurement<Errors>,
+}
+
+impl ValidationReport {
+    /// The validation section of certificate.json.
+    pub fn record(&self) -> Validation {
+        Validation {
+            prompts: self.prompts,
+            seed: self.seed,
+            f64: self.f64.figures(),
+            f32: self.f32.map(Errors::figures),
+        }
+    }
 }
 
 /// The solver a program is compared with (module comment).
@@ -142,7 +166,7 @@ pub fn max_errors(model: &[Vec<f64>], reference: &[Vec<f64>]) -> (f64, f64) {
     (abs, rel)
 }
 
-/// Validation prompts: x ~ N(0, I), w ~ N(0, I), noiseless (DESIGN §6), seeded.
+/// Validation prompts: x ~ N(0, I), w ~ N(0, I), noiseless, seeded.
 pub fn validation_prompts(p: &Program, count: usize, seed: u64) -> Vec<Prompt> {
     PromptDistribution::new(p.d, p.n).sample_batch(count, seed)
 }
@@ -169,11 +193,8 @@ pub fn lower(p: &Program, dtype: DType) -> Result<Compiled> {
 pub struct Outcome {
     pub program: Program,
     pub compiled: Compiled,
-    /// certificate.json as written.
-    pub certificate: serde_json::Value,
-    /// The certificate's verdict and end-to-end statement ([`crate::certify::EndToEnd::summary`]).
-    pub verdict: String,
-    pub end_to_end: String,
+    /// certificate.json as written (its validation section is [`ValidationReport::record`]).
+    pub certificate: Certificate,
     pub validation: Option<ValidationReport>,
 }
 
@@ -186,37 +207,26 @@ pub fn run(
 ) -> Result<Outcome> {
     let p = load(program, sets)?;
     let compiled = lower(&p, opts.dtype)?;
-    let cert = certify_compiled(&p, &compiled)?;
-    let end_to_end = cert.end_to_end.summary();
-    let mut certificate = serde_json::to_value(&cert)?;
+    let mut certificate = certify_compiled(&p, &compiled)?;
     let validation = if opts.prompts > 0 {
         Some(validate(&p, &compiled, opts)?)
     } else {
         None
     };
-    if let Some(v) = &validation {
-        record_validation(&mut certificate, v);
-    }
+    certificate.validation = validation.as_ref().map(ValidationReport::record);
     crate::emit::write_dir(out, &compiled, &certificate)
         .with_context(|| format!("writing {}", out.display()))?;
-    let verdict = certificate
-        .get("verdict")
-        .and_then(|v| v.as_str())
-        .unwrap_or("unknown")
-        .to_string();
     Ok(Outcome {
         program: p,
         compiled,
         certificate,
-        verdict,
-        end_to_end,
         validation,
     })
 }
 
 /// Load and check a program file.
 pub fn load(program: &Path, sets: &[(String, String)]) -> Result<Program> {
-    crate::check::load_file(program, sets).map_err(|e| anyhow!("{e}"))
+    crate::front::load_file(program, sets).map_err(|e| anyhow!("{e}"))
 }
 
 /// Run the validation prompts through the model of `compiled` (and of the other dtype's compile).
@@ -251,10 +261,10 @@ pub fn validate(p: &Program, compiled: &Compiled, opts: &Options) -> Result<Vali
         // A program whose ranges need a LayerNorm payload beyond f32 still compiles in f64;
         // the f32 figure is then reported as unavailable, with the reason.
         f32: match compiled.config.dtype {
-            DType::F32 => Ok(by_dtype(DType::F32)?),
+            DType::F32 => Measurement::Measured(by_dtype(DType::F32)?),
             DType::F64 => match lower(p, DType::F32) {
-                Err(e) => Err(format!("{e:#}")),
-                Ok(_) => Ok(by_dtype(DType::F32)?),
+                Err(e) => Measurement::Unavailable(format!("{e:#}")),
+                Ok(_) => Measurement::Measured(by_dtype(DType::F32)?),
             },
         },
     })
@@ -309,14 +319,10 @@ pub fn run_model(c: &Compiled, prompts: &[Prompt], device: &str) -> Result<Vec<V
     Ok(build_model(c, device)?.predict_prompts(prompts)?)
 }
 
-/// certificate.json for a compile: the per-layer translation validation (`certify`) run on the
-/// weights exactly as stored (serialized in the dtype and read back), the config and the layout.
-pub fn certificate_for(p: &Program, c: &Compiled) -> Result<serde_json::Value> {
-    Ok(serde_json::to_value(certify_compiled(p, c)?)?)
-}
-
-/// The certificate of [`certificate_for`], typed.
-pub fn certify_compiled(p: &Program, c: &Compiled) -> Result<crate::certify::Certificate> {
+/// certificate.json for a compile, without the validation section: the per-layer translation
+/// validation (`certify`) run on the weights exactly as stored (serialized in the dtype and read
+/// back), the config and the layout.
+pub fn certify_compiled(p: &Program, c: &Compiled) -> Result<Certificate> {
     let files = crate::certify::ModelFiles {
         config: c.config.clone(),
         tensors: stored_tensors(c)?,
@@ -325,27 +331,6 @@ pub fn certify_compiled(p: &Program, c: &Compiled) -> Result<crate::certify::Cer
     };
     crate::certify::certify_model(p, &files)
         .map_err(|e| anyhow!("the certifier rejects the compiled model: {e}"))
-}
-
-fn record_validation(cert: &mut serde_json::Value, v: &ValidationReport) {
-    let fig = |e: &Errors| {
-        serde_json::json!({
-            "max_abs_vs_interp": e.max_abs_vs_interp,
-            "max_rel_vs_solver": e.max_rel_vs_solver.unwrap_or(0.0),
-        })
-    };
-    if let Some(obj) = cert.as_object_mut() {
-        obj.insert(
-            "validation".into(),
-            serde_json::json!({
-                "prompts": v.prompts, "seed": v.seed, "f64": fig(&v.f64),
-                "f32": match &v.f32 {
-                    Ok(e) => fig(e),
-                    Err(why) => serde_json::json!({ "unavailable": why }),
-                },
-            }),
-        );
-    }
 }
 
 /// The summary `icl-compile` prints.
@@ -391,7 +376,12 @@ pub fn summary(o: &Outcome, dir: &Path) -> String {
             worst.relative_error
         );
     }
-    let _ = writeln!(out, "  certificate: {}; {}", o.verdict, o.end_to_end);
+    let _ = writeln!(
+        out,
+        "  certificate: {}; {}",
+        o.certificate.verdict.name(),
+        o.certificate.end_to_end.summary()
+    );
     if let Some(v) = &o.validation {
         let _ = writeln!(
             out,
@@ -401,11 +391,10 @@ pub fn summary(o: &Outcome, dir: &Path) -> String {
             v.device,
             v.solver.as_deref().unwrap_or("none")
         );
-        if let Err(why) = &v.f32 {
+        if let Measurement::Unavailable(why) = &v.f32 {
             let _ = writeln!(out, "    f32: unavailable: {why}");
         }
-        let measured =
-            std::iter::once(("f64", &v.f64)).chain(v.f32.as_ref().ok().map(|e| ("f32", e)));
+        let measured = std::iter::once(("f64", &v.f64)).chain(v.f32.measured().map(|e| ("f32", e)));
         for (name, e) in measured {
             let _ = writeln!(
                 out,

@@ -591,188 +591,6 @@ fn assert_names(msg: &str, layer_part: &str, op_text: &str) {
     );
 }
 
-// ---------------------------------------------------------------------------------------------
-// A forward pass from docs/FORMATS.md alone, and the program's meaning, both in f64.
-
-fn forward(f: &certify::ModelFiles, tokens: &[Vec<f64>]) -> Vec<f64> {
-    let t = &f.tensors;
-    let g = |n: &str| &t[n];
-    let tl = tokens.len();
-    let mut h = vec![vec![0.0; W]; tl];
-    for (c, (tok, hc)) in tokens.iter().zip(h.iter_mut()).enumerate() {
-        for (r, hr) in hc.iter_mut().enumerate() {
-            let mut v = g("embed.bias").data[r] + g("pos.weight").at2(c, r);
-            for (j, x) in tok.iter().enumerate() {
-                v += g("embed.weight").at2(r, j) * x;
-            }
-            *hr = v;
-        }
-    }
-    for (l, lc) in f.config.layers.iter().enumerate() {
-        if let Some(ac) = &lc.attn {
-            let pre = format!("layers.{l}.attn");
-            let (vw, ow, bias) = (
-                g(&format!("{pre}.v.weight")),
-                g(&format!("{pre}.o.weight")),
-                g(&format!("{pre}.bias")),
-            );
-            let inner = ac.inner();
-            let v: Vec<Vec<f64>> = h
-                .iter()
-                .map(|col| {
-                    (0..inner)
-                        .map(|i| {
-                            (0..W).map(|r| vw.at2(i, r) * col[r]).sum::<f64>()
-                                + g(&format!("{pre}.v.bias")).data[i]
-                        })
-                        .collect()
-                })
-                .collect();
-            let mut out = vec![vec![0.0; W]; tl];
-            for (c, oc) in out.iter_mut().enumerate() {
-                let mut cat = vec![0.0; inner];
-                for hh in 0..ac.heads {
-                    let b = |s: usize| bias.data[(hh * T + c) * (T + 1) + s];
-                    let mut scores: Vec<(Option<usize>, f64)> =
-                        (0..=c).map(|s| (Some(s), b(s))).collect();
-                    scores.push((None, b(T)));
-                    let mx = scores.iter().map(|x| x.1).fold(NEG, f64::max);
-                    let z: f64 = scores.iter().map(|x| (x.1 - mx).exp()).sum();
-                    for (s, sc) in scores {
-                        let pw = (sc - mx).exp() / z;
-                        if let Some(s) = s {
-                            for j in 0..ac.head_dim {
-                                cat[hh * ac.head_dim + j] += pw * v[s][hh * ac.head_dim + j];
-                            }
-                        }
-                    }
-                }
-                for (r, o) in oc.iter_mut().enumerate() {
-                    *o = (0..inner).map(|i| ow.at2(r, i) * cat[i]).sum::<f64>()
-                        + g(&format!("{pre}.o.bias")).data[r];
-                }
-            }
-            for c in 0..tl {
-                for r in 0..W {
-                    h[c][r] += out[c][r];
-                }
-            }
-        }
-        if let Some(mc) = &lc.mlp {
-            let pre = format!("layers.{l}");
-            for col in h.iter_mut() {
-                let m: Vec<f64> = if let Some(nc) = &lc.norm {
-                    let mean = col.iter().sum::<f64>() / W as f64;
-                    let var = col.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / W as f64;
-                    (0..W)
-                        .map(|r| {
-                            (col[r] - mean) / (var + nc.eps).sqrt()
-                                * g(&format!("{pre}.norm.weight")).data[r]
-                                + g(&format!("{pre}.norm.bias")).data[r]
-                        })
-                        .collect()
-                } else {
-                    col.clone()
-                };
-                let lin = |name: &str, k: usize| -> f64 {
-                    let wt = g(&format!("{pre}.mlp.{name}.weight"));
-                    (0..W).map(|r| wt.at2(k, r) * m[r]).sum::<f64>()
-                        + g(&format!("{pre}.mlp.{name}.bias")).data[k]
-                };
-                let act: Vec<f64> = (0..mc.hidden)
-                    .map(|k| lin("gate", k) * lin("up", k))
-                    .collect();
-                let dw = g(&format!("{pre}.mlp.down.weight"));
-                for (r, v) in col.iter_mut().enumerate() {
-                    *v += (0..mc.hidden).map(|k| dw.at2(r, k) * act[k]).sum::<f64>()
-                        + g(&format!("{pre}.mlp.down.bias")).data[r];
-                }
-            }
-        }
-    }
-    h.iter()
-        .map(|col| {
-            (0..W)
-                .map(|r| g("readout.weight").data[r] * col[r])
-                .sum::<f64>()
-                + g("readout.bias").data[0]
-        })
-        .collect()
-}
-
-/// The program's meaning (DESIGN §2), per column, in f64.
-fn evaluate(p: &Program, tokens: &[Vec<f64>]) -> Vec<f64> {
-    let tl = tokens.len();
-    let mut regs: Vec<Vec<Vec<f64>>> = p
-        .registers
-        .iter()
-        .map(|r| vec![vec![0.0; r.shape.size()]; tl])
-        .collect();
-    for (id, r) in p.registers.iter().enumerate() {
-        if let RegKind::Input(b) = r.kind {
-            for (c, tok) in tokens.iter().enumerate() {
-                for (e, v) in regs[id][c].iter_mut().enumerate().take(r.shape.size()) {
-                    *v = b.value(c, tok, e);
-                }
-            }
-        }
-    }
-    let get = |regs: &Vec<Vec<Vec<f64>>>, o: Operand, c: usize, i: usize, j: usize| {
-        regs[o.reg][c][operand_index(p.reg(o.reg).shape, o.transposed, i, j)]
-    };
-    for op in &p.ops {
-        let new: Vec<Vec<f64>> = (0..tl)
-            .map(|c| match &op.kind {
-                OpKind::Mov { src, pattern, .. } => {
-                    let s = pattern.sources(c);
-                    (0..p.reg(*src).shape.size())
-                        .map(|e| {
-                            if s.is_empty() {
-                                0.0
-                            } else {
-                                s.iter().map(|&k| regs[*src][k][e]).sum::<f64>() / s.len() as f64
-                            }
-                        })
-                        .collect()
-                }
-                OpKind::Mul { a, b, .. } => {
-                    let (sa, sb) = (p.operand_shape(*a), p.operand_shape(*b));
-                    let mut out = vec![];
-                    for i in 0..sa.rows {
-                        for k in 0..sb.cols {
-                            out.push(
-                                (0..sa.cols)
-                                    .map(|j| get(&regs, *a, c, i, j) * get(&regs, *b, c, j, k))
-                                    .sum(),
-                            );
-                        }
-                    }
-                    out
-                }
-                OpKind::Div { num, den, .. } => regs[*num][c]
-                    .iter()
-                    .map(|v| v / regs[*den][c][0].abs())
-                    .collect(),
-                OpKind::Aff { dst, terms, bias } => (0..p.reg(*dst).shape.size())
-                    .map(|e| {
-                        let mut v = bias[e];
-                        for t in terms {
-                            let sh = p.operand_shape(t.src);
-                            for j in 0..sh.size() {
-                                v += t.coef[e * sh.size() + j]
-                                    * get(&regs, t.src, c, j / sh.cols, j % sh.cols);
-                            }
-                        }
-                        v
-                    })
-                    .collect(),
-            })
-            .collect();
-        regs[op.kind.dst()] = new;
-    }
-    (0..tl).map(|c| regs[p.output][c][0]).collect()
-}
-
 #[test]
 fn the_hand_built_model_computes_the_program() {
     // Deterministic pseudo-random prompts inside the assumed ranges (x ∈ [-1,1], y ∈ [-2,2]).
@@ -795,8 +613,8 @@ fn the_hand_built_model_computes_the_program() {
                 }
             })
             .collect();
-        let a = forward(&f, &tokens);
-        let b = evaluate(&p, &tokens);
+        let a = common::forward(&f.config, &f.tensors, &tokens);
+        let b = common::interpret(&p, &tokens);
         for c in (0..T).step_by(2) {
             assert!(
                 (a[c] - b[c]).abs() <= 1e-9 * (1.0 + b[c].abs()),
@@ -1094,16 +912,9 @@ fn a_diverging_forward_bound_names_its_layer_and_keeps_the_backward_error() {
         "{}",
         back.max_relative
     );
-    assert!(
-        outcome.end_to_end.contains("no finite end-to-end bound"),
-        "{}",
-        outcome.end_to_end
-    );
-    assert!(
-        outcome.end_to_end.contains("backward error"),
-        "{}",
-        outcome.end_to_end
-    );
+    let summary = outcome.certificate.end_to_end.summary();
+    assert!(summary.contains("no finite end-to-end bound"), "{summary}");
+    assert!(summary.contains("backward error"), "{summary}");
 
     let cp = out.join("certificate.json");
     let mut c: serde_json::Value =

@@ -46,12 +46,12 @@ fn compiled_programs_snapshot() {
         let rel = path.strip_prefix(root).unwrap().to_path_buf();
         // A program whose shape is fixed to its own d (e.g. ridge_elim's d = 4 selectors) is
         // snapshot at its d, with n = 2.
-        let p = icl::check::load_file(&rel, &overrides(&path))
-            .or_else(|_| icl::check::load_file(&rel, &[("n".to_string(), "2".to_string())]))
+        let p = icl::front::load_file(&rel, &overrides(&path))
+            .or_else(|_| icl::front::load_file(&rel, &[("n".to_string(), "2".to_string())]))
             .unwrap_or_else(|e| panic!("{}: {e}", rel.display()));
         let c = icl::pipeline::lower(&p, DType::F64)
             .unwrap_or_else(|e| panic!("{}: {e:#}", rel.display()));
-        let cert = icl::pipeline::certificate_for(&p, &c)
+        let cert = icl::pipeline::certify_compiled(&p, &c)
             .unwrap_or_else(|e| panic!("{}: {e:#}", rel.display()));
         let name = rel
             .with_extension("")
@@ -70,7 +70,7 @@ fn compiled_programs_snapshot() {
             serde_json::to_string_pretty(&c.config).unwrap(),
             icl::emit::listing(&c.tensors),
             serde_json::to_string_pretty(&c.layout).unwrap(),
-            serde_json::to_string_pretty(&cert).unwrap(),
+            icl::emit::certificate_text(&cert).unwrap(),
         );
         insta::with_settings!({snapshot_path => "../snapshots", prepend_module_to_snapshot => false}, {
             insta::assert_snapshot!(format!("compiled__{name}"), text);

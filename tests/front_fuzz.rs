@@ -1,7 +1,7 @@
 //! The front end never panics: arbitrary strings and soups of the language's tokens go through
 //! `load_program` and come back as `Ok` or `Err` (with a renderable diagnostic).
 
-use icl::check::load_program;
+use icl::front::load_program;
 use proptest::prelude::*;
 
 /// Tokens of the language (keywords, names, numbers, operators, brackets, newlines).

@@ -365,10 +365,10 @@ fn compiling_is_deterministic() {
     let p = ridge(2, 3, 0.5);
     let a = lower::compile(&p, &LowerOptions::default()).unwrap();
     let b = lower::compile(&p, &LowerOptions::default()).unwrap();
-    let cert = serde_json::json!({});
+    let cert = |c| icl::pipeline::certify_compiled(&p, c).unwrap();
     assert_eq!(
-        icl::emit::files(&a, &cert).unwrap(),
-        icl::emit::files(&b, &cert).unwrap()
+        icl::emit::files(&a, &cert(&a)).unwrap(),
+        icl::emit::files(&b, &cert(&b)).unwrap()
     );
 }
 
@@ -380,7 +380,8 @@ fn emitted_directory_round_trips_and_replaces_atomically() {
     let target = dir.path().join("ridge");
     std::fs::create_dir_all(&target).unwrap();
     std::fs::write(target.join("stale.txt"), b"old").unwrap();
-    icl::emit::write_dir(&target, &c, &serde_json::json!({"format": "x"})).unwrap();
+    let cert = icl::pipeline::certify_compiled(&p, &c).unwrap();
+    icl::emit::write_dir(&target, &c, &cert).unwrap();
     assert!(!target.join("stale.txt").exists());
     let (t, dt) = icl::tensors::load(&target.join("model.safetensors")).unwrap();
     assert_eq!(dt, DType::F32);

@@ -1,5 +1,8 @@
 //! The Candle transformer against hand-built models whose forward pass is computed here
-//! independently (plain f64 loops written from docs/FORMATS.md), and every load error.
+//! independently (`common::forward`: plain f64 loops written from docs/FORMATS.md), and every
+//! load error.
+
+mod common;
 
 use candle_core::{Device, Tensor};
 use icl::model::config::*;
@@ -59,189 +62,6 @@ fn random_tensors(c: &ModelConfig, seed: u64) -> NamedTensors {
         out.insert(name, t);
     }
     out
-}
-
-// ---------- independent reference forward (docs/FORMATS.md, line by line) ----------
-
-fn matvec(w: &RawTensor, x: &[f64]) -> Vec<f64> {
-    (0..w.shape[0])
-        .map(|i| (0..w.shape[1]).map(|j| w.at2(i, j) * x[j]).sum())
-        .collect()
-}
-fn lin(t: &NamedTensors, p: &str, x: &[f64]) -> Vec<f64> {
-    let mut y = matvec(&t[&format!("{p}.weight")], x);
-    for (a, b) in y.iter_mut().zip(&t[&format!("{p}.bias")].data) {
-        *a += b;
-    }
-    y
-}
-fn lnorm(t: &NamedTensors, p: &str, x: &[f64], eps: f64) -> Vec<f64> {
-    let n = x.len() as f64;
-    let mean = x.iter().sum::<f64>() / n;
-    let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
-    let (w, b) = (
-        &t[&format!("{p}.weight")].data,
-        &t[&format!("{p}.bias")].data,
-    );
-    x.iter()
-        .enumerate()
-        .map(|(i, v)| (v - mean) / (var + eps).sqrt() * w[i] + b[i])
-        .collect()
-}
-fn erf(x: f64) -> f64 {
-    // Abramowitz–Stegun 7.1.26 is too coarse; integrate the series instead (|x| small here).
-    // erf(x) = 2/√π Σ (−1)^k x^{2k+1} / (k! (2k+1)), converges for all x; enough terms for |x| < 6.
-    let mut sum = 0.0;
-    let mut term = x; // (−1)^k x^{2k+1} / k!
-    for k in 0..200 {
-        sum += term / (2 * k + 1) as f64;
-        term *= -x * x / (k + 1) as f64;
-    }
-    sum * 2.0 / std::f64::consts::PI.sqrt()
-}
-fn gelu(x: f64, act: Activation) -> f64 {
-    match act {
-        Activation::Gelu => 0.5 * x * (1.0 + erf(x / 2f64.sqrt())),
-        Activation::GeluTanh => {
-            0.5 * x
-                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh())
-        }
-    }
-}
-
-#[allow(clippy::needless_range_loop)] // index loops mirror the formulas
-fn reference_forward(c: &ModelConfig, t: &NamedTensors, tokens: &[Vec<f64>]) -> Vec<f64> {
-    let tl = tokens.len();
-    let ml = c.max_len;
-    let pos = &t["pos.weight"];
-    let mut h: Vec<Vec<f64>> = tokens
-        .iter()
-        .enumerate()
-        .map(|(s, tok)| {
-            lin(t, "embed", tok)
-                .iter()
-                .enumerate()
-                .map(|(i, v)| v + pos.at2(s, i))
-                .collect()
-        })
-        .collect();
-    for (l, layer) in c.layers.iter().enumerate() {
-        let p = format!("layers.{l}");
-        if let Some(a) = &layer.attn {
-            let an: Vec<Vec<f64>> = h
-                .iter()
-                .map(|x| match layer.attn_norm {
-                    Some(n) => lnorm(t, &format!("{p}.attn_norm"), x, n.eps),
-                    None => x.clone(),
-                })
-                .collect();
-            let v: Vec<Vec<f64>> = an
-                .iter()
-                .map(|x| lin(t, &format!("{p}.attn.v"), x))
-                .collect();
-            let (q, k): (Vec<Vec<f64>>, Vec<Vec<f64>>) = if a.qk {
-                (
-                    an.iter()
-                        .map(|x| lin(t, &format!("{p}.attn.q"), x))
-                        .collect(),
-                    an.iter()
-                        .map(|x| lin(t, &format!("{p}.attn.k"), x))
-                        .collect(),
-                )
-            } else {
-                (vec![], vec![])
-            };
-            let eta: Vec<f64> = match a.momentum {
-                None => vec![],
-                Some(MomentumConfig::Fixed { eta }) => vec![eta; a.heads],
-                Some(MomentumConfig::Learned { .. }) => t[&format!("{p}.attn.momentum_logit")]
-                    .data
-                    .iter()
-                    .map(|z| 1.0 / (1.0 + (-z).exp()))
-                    .collect(),
-            };
-            let hd = a.head_dim;
-            let mut upd = vec![];
-            for tq in 0..tl {
-                let mut o = vec![0.0; a.heads * hd];
-                for hh in 0..a.heads {
-                    let r = hh * hd..(hh + 1) * hd;
-                    let mut scores: Vec<f64> = (0..=tq)
-                        .map(|s| {
-                            let mut sc = 0.0;
-                            if a.qk {
-                                sc += r.clone().map(|i| q[tq][i] * k[s][i]).sum::<f64>()
-                                    / (hd as f64).sqrt();
-                            }
-                            if a.bias {
-                                sc += t[&format!("{p}.attn.bias")].data
-                                    [(hh * ml + tq) * (ml + 1) + s];
-                            }
-                            sc
-                        })
-                        .collect();
-                    if a.zero_attn {
-                        let nb = if a.bias {
-                            t[&format!("{p}.attn.bias")].data[(hh * ml + tq) * (ml + 1) + ml]
-                        } else {
-                            0.0
-                        };
-                        scores.push(nb);
-                    }
-                    let mx = scores.iter().cloned().fold(NEG, f64::max);
-                    let e: Vec<f64> = scores.iter().map(|s| (s - mx).exp()).collect();
-                    let z: f64 = e.iter().sum();
-                    for s in 0..=tq {
-                        for i in r.clone() {
-                            o[i] += e[s] / z * v[s][i];
-                        }
-                    }
-                    if !eta.is_empty() {
-                        for s in 0..tq {
-                            for i in r.clone() {
-                                o[i] += eta[hh].powi((tq - s) as i32) * v[s][i];
-                            }
-                        }
-                    }
-                }
-                upd.push(lin(t, &format!("{p}.attn.o"), &o));
-            }
-            for (x, u) in h.iter_mut().zip(upd) {
-                for (a, b) in x.iter_mut().zip(u) {
-                    *a += b;
-                }
-            }
-        }
-        if let Some(m) = &layer.mlp {
-            for x in h.iter_mut() {
-                let mi = match layer.norm {
-                    Some(n) => lnorm(t, &format!("{p}.norm"), x, n.eps),
-                    None => x.clone(),
-                };
-                let up = lin(t, &format!("{p}.mlp.up"), &mi);
-                let inner: Vec<f64> = match m.kind {
-                    MlpKind::Bilinear => {
-                        let g = lin(t, &format!("{p}.mlp.gate"), &mi);
-                        g.iter().zip(&up).map(|(a, b)| a * b).collect()
-                    }
-                    MlpKind::Gelu => up.iter().map(|u| gelu(*u, m.activation)).collect(),
-                };
-                let out = lin(t, &format!("{p}.mlp.down"), &inner);
-                for (a, b) in x.iter_mut().zip(out) {
-                    *a += b;
-                }
-            }
-        }
-    }
-    h.iter()
-        .map(|x| {
-            let x = match c.final_norm {
-                Some(n) => lnorm(t, "final_norm", x, n.eps),
-                None => x.clone(),
-            };
-            lin(t, "readout", &x)[0]
-        })
-        .collect()
 }
 
 /// A model with every part of FORMATS.md: a bias-pattern head with null key, Q/K heads with a
@@ -330,7 +150,7 @@ fn full_model_matches_reference_forward_f64_and_f32() {
         let got = m.predict_prompts(&ps).unwrap();
         let got32 = m32.predict_prompts(&ps).unwrap();
         for (i, p) in ps.iter().enumerate() {
-            let want = reference_forward(&c, &t, &p.tokens());
+            let want = common::forward(&c, &t, &p.tokens());
             let want_x: Vec<f64> = want.iter().step_by(2).copied().collect();
             assert_eq!(got[i].len(), n + 1);
             for (k, (a, b)) in got[i].iter().zip(&want_x).enumerate() {

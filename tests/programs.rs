@@ -24,7 +24,7 @@ fn load(path: &str, sets: &[(&str, String)]) -> Program {
         .map(|(k, v)| (k.to_string(), v.clone()))
         .collect();
     let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
-    match icl::check::load_file(&full, &overrides) {
+    match icl::front::load_file(&full, &overrides) {
         Ok(p) => p,
         Err(e) => panic!("{path} with {overrides:?} does not load:\n{e}"),
     }

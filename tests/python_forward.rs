@@ -1,6 +1,7 @@
 //! The numpy reproduction (tests/python/forward.py) against the Rust model, on a model with every
-//! part of docs/FORMATS.md. Skipped, with a notice, when python3 with numpy and safetensors is
-//! missing (CI installs them). `ICL_PYTHON` picks the interpreter.
+//! part of docs/FORMATS.md. `ICL_PYTHON` picks the interpreter (default `python3`). When it, numpy
+//! or safetensors is missing the comparison is skipped with a notice — unless `ICL_REQUIRE_PYTHON=1`
+//! (set by .ci/run), in which case the test fails naming what is missing.
 
 mod common;
 
@@ -13,14 +14,46 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::process::Command;
 
+/// The Python interpreter to run forward.py with, or `None` (skip) when it cannot run it and the
+/// comparison is not required; panics, naming what is missing, when it is required.
 fn python() -> Option<String> {
     let py = std::env::var("ICL_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&py)
-        .args(["-c", "import numpy, safetensors.numpy"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    ok.then_some(py)
+    let missing = missing_for_forward_py(&py);
+    if missing.is_empty() {
+        return Some(py);
+    }
+    let what = format!(
+        "the numpy forward comparison cannot run: missing {}",
+        missing.join(", ")
+    );
+    if std::env::var("ICL_REQUIRE_PYTHON").is_ok_and(|v| v == "1") {
+        panic!("ICL_REQUIRE_PYTHON=1 and {what}");
+    }
+    eprintln!("SKIPPED: {what} (set ICL_REQUIRE_PYTHON=1 to make this a failure)");
+    None
+}
+
+/// What forward.py needs that `py` lacks: the interpreter itself, numpy, safetensors (with its
+/// numpy API).
+fn missing_for_forward_py(py: &str) -> Vec<String> {
+    let runs = |code: &str| {
+        Command::new(py)
+            .args(["-c", code])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !runs("pass") {
+        return vec![format!("a Python interpreter (`{py}` does not run)")];
+    }
+    let mut missing: Vec<String> = ["numpy", "safetensors"]
+        .into_iter()
+        .filter(|m| !runs(&format!("import {m}")))
+        .map(|m| format!("the Python package `{m}` (for `{py}`)"))
+        .collect();
+    if missing.is_empty() && !runs("import safetensors.numpy") {
+        missing.push(format!("the module `safetensors.numpy` (for `{py}`)"));
+    }
+    missing
 }
 
 fn config() -> ModelConfig {
@@ -95,7 +128,6 @@ fn config() -> ModelConfig {
 #[test]
 fn numpy_forward_matches_rust() {
     let Some(py) = python() else {
-        eprintln!("SKIPPED: python3 with numpy and safetensors not found (the numpy forward comparison did not run)");
         return;
     };
     let c = config();
@@ -161,7 +193,6 @@ fn compare_with_numpy(py: &str, dir: &std::path::Path, prompts: &[icl::prompt::P
 #[test]
 fn numpy_forward_of_a_compiled_model_matches_rust() {
     let Some(py) = python() else {
-        eprintln!("SKIPPED: python3 with numpy and safetensors not found (the numpy forward comparison did not run)");
         return;
     };
     let (_dir, out, _) = common::compile_ridge(3, 4);

@@ -2,7 +2,7 @@
 //! it must produce, and a snapshot of the rendered diagnostics), and programs that must be
 //! accepted, whose IR is checked field by field.
 
-use icl::check::load_program;
+use icl::front::load_program;
 use icl::ir::{Bound, Builtin, ColumnSet, OpKind, Operand, ParamValue, Pattern, RegKind, Shape};
 
 struct Case {
@@ -227,7 +227,7 @@ fn case_names_are_unique() {
 #[test]
 fn io_error_is_a_diagnostic() {
     let e =
-        icl::check::load_file(std::path::Path::new("/nonexistent/dir/prog.icl"), &[]).unwrap_err();
+        icl::front::load_file(std::path::Path::new("/nonexistent/dir/prog.icl"), &[]).unwrap_err();
     assert_eq!(e.codes(), vec!["io"]);
     assert!(e
         .render()

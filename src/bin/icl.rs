@@ -1,6 +1,6 @@
 //! `icl`: train transformers on in-context regression and evaluate any model directory.
 //!
-//! Subcommands: `train CONFIG.toml`, `eval MODEL_DIR`.
+//! Subcommands: `train CONFIG.toml`, `eval MODEL_DIR`, `check MODEL_DIR`.
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};

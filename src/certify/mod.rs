@@ -150,7 +150,7 @@ pub fn load_dir(dir: &Path) -> anyhow::Result<ModelDir> {
 /// Rebuild the program a model directory was compiled from (its `certificate.json` source and
 /// overrides), through the front end and the static checker.
 pub fn rebuild_program(rec: &ProgramRecord) -> anyhow::Result<Program> {
-    crate::check::load_program(&rec.name, &rec.source, &rec.overrides).map_err(|d| {
+    crate::front::load_program(&rec.name, &rec.source, &rec.overrides).map_err(|d| {
         anyhow::anyhow!(
             "certificate.json: the recorded program does not check:\n{}",
             d.render()

@@ -78,6 +78,16 @@ pub enum Verdict {
     Bounded,
 }
 
+impl Verdict {
+    /// The verdict as certificate.json writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Exact => "exact",
+            Verdict::Bounded => "bounded",
+        }
+    }
+}
+
 /// A value recorded among a layer's ranges: an interval, or a single bound.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -163,23 +173,55 @@ impl EndToEnd {
     }
 }
 
-/// Measured errors of the model against the interpreter and the solver (filled by `icl-compile`).
+/// Measured errors of one dtype's model against the interpreter and the solver (filled by
+/// `icl-compile`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ValidationFigures {
-    pub max_abs_vs_interp: f64,
-    pub max_rel_vs_solver: f64,
+    pub max_abs_vs_interp: ExtF64,
+    /// 0 when the program is compared with no solver.
+    pub max_rel_vs_solver: ExtF64,
 }
 
+/// What was measured in one dtype: the figures, or why there are none — no model in that dtype
+/// can be compiled (e.g. a LayerNorm payload beyond f32's range). Written as the figures
+/// themselves, or as `{"unavailable": "<why>"}` (docs/FORMATS.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Measurement<T> {
+    /// No model in this dtype, because of the reason given (the lowering's error).
+    Unavailable(String),
+    #[serde(untagged)]
+    Measured(T),
+}
+
+impl<T> Measurement<T> {
+    /// The measured value, if any.
+    pub fn measured(&self) -> Option<&T> {
+        match self {
+            Measurement::Measured(t) => Some(t),
+            Measurement::Unavailable(_) => None,
+        }
+    }
+
+    /// The same measurement with its value mapped.
+    pub fn map<U>(&self, f: impl FnOnce(&T) -> U) -> Measurement<U> {
+        match self {
+            Measurement::Measured(t) => Measurement::Measured(f(t)),
+            Measurement::Unavailable(why) => Measurement::Unavailable(why.clone()),
+        }
+    }
+}
+
+/// The validation section: `prompts` seeded prompts through the f64 model and the f32 model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Validation {
     pub prompts: usize,
     pub seed: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub f64: Option<ValidationFigures>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub f32: Option<ValidationFigures>,
+    /// Every program that compiles has an f64 model.
+    pub f64: ValidationFigures,
+    pub f32: Measurement<ValidationFigures>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

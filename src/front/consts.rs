@@ -213,6 +213,39 @@ fn overflow(span: Span) -> EvalError {
     .with_label("the exact value does not fit in a 64-bit integer")
 }
 
+fn division_by_zero(span: Span) -> EvalError {
+    err(
+        "const-arith",
+        span,
+        "division by zero in constant expression",
+    )
+    .with_label("divisor is 0")
+}
+
+/// `x op y` on integers: checked (overflow is an error); an exact quotient stays an integer,
+/// another becomes a real.
+fn int_binop(op: BinOp, x: i64, y: i64, span: Span) -> EvalResult {
+    let r = match op {
+        BinOp::Add => x.checked_add(y),
+        BinOp::Sub => x.checked_sub(y),
+        BinOp::Mul => x.checked_mul(y),
+        BinOp::Div => {
+            if y == 0 {
+                return Err(division_by_zero(span));
+            }
+            // Exact quotients stay integers; others become reals.
+            match x.checked_rem(y) {
+                Some(0) => x.checked_div(y),
+                Some(_) => return Ok(Value::Real(x as f64 / y as f64)),
+                None => None,
+            }
+        }
+    };
+    r.map(Value::Int).ok_or_else(|| overflow(span))
+}
+
+/// `a op b` on constants: integers ([`int_binop`]), reals, a tensor or `I` scaled by a scalar,
+/// tensors of one shape or two `I`s added or subtracted; anything else is a type error.
 fn binop(op: BinOp, a: Value, b: Value, span: Span) -> EvalResult {
     use Value::*;
     let sym = match op {
@@ -222,39 +255,11 @@ fn binop(op: BinOp, a: Value, b: Value, span: Span) -> EvalResult {
         BinOp::Div => "/",
     };
     match (a, b) {
-        (Int(x), Int(y)) => {
-            let r = match op {
-                BinOp::Add => x.checked_add(y),
-                BinOp::Sub => x.checked_sub(y),
-                BinOp::Mul => x.checked_mul(y),
-                BinOp::Div => {
-                    if y == 0 {
-                        return Err(err(
-                            "const-arith",
-                            span,
-                            "division by zero in constant expression",
-                        )
-                        .with_label("divisor is 0"));
-                    }
-                    // Exact quotients stay integers; others become reals.
-                    match x.checked_rem(y) {
-                        Some(0) => x.checked_div(y),
-                        Some(_) => return Ok(Real(x as f64 / y as f64)),
-                        None => None,
-                    }
-                }
-            };
-            r.map(Int).ok_or_else(|| overflow(span))
-        }
+        (Int(x), Int(y)) => int_binop(op, x, y, span),
         (a @ (Int(_) | Real(_)), b @ (Int(_) | Real(_))) => {
             let (x, y) = (a.scalar().unwrap_or(0.0), b.scalar().unwrap_or(0.0));
             if op == BinOp::Div && y == 0.0 {
-                return Err(err(
-                    "const-arith",
-                    span,
-                    "division by zero in constant expression",
-                )
-                .with_label("divisor is 0"));
+                return Err(division_by_zero(span));
             }
             Ok(Real(match op {
                 BinOp::Add => x + y,
@@ -277,12 +282,7 @@ fn binop(op: BinOp, a: Value, b: Value, span: Span) -> EvalResult {
         {
             let s = s.scalar().unwrap_or(0.0);
             if op == BinOp::Div && s == 0.0 {
-                return Err(err(
-                    "const-arith",
-                    span,
-                    "division by zero in constant expression",
-                )
-                .with_label("divisor is 0"));
+                return Err(division_by_zero(span));
             }
             let f = |x: f64| if op == BinOp::Mul { x * s } else { x / s };
             Ok(Tensor {
@@ -297,12 +297,7 @@ fn binop(op: BinOp, a: Value, b: Value, span: Span) -> EvalResult {
         (Identity(k), s @ (Int(_) | Real(_))) if matches!(op, BinOp::Mul | BinOp::Div) => {
             let s = s.scalar().unwrap_or(0.0);
             if op == BinOp::Div && s == 0.0 {
-                return Err(err(
-                    "const-arith",
-                    span,
-                    "division by zero in constant expression",
-                )
-                .with_label("divisor is 0"));
+                return Err(division_by_zero(span));
             }
             Ok(Identity(if op == BinOp::Mul { k * s } else { k / s }))
         }

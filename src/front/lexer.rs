@@ -141,42 +141,7 @@ pub fn lex(text: &str, idx: &LineIndex, errs: &mut Vec<Diagnostic>) -> Vec<Token
             }
             b'0'..=b'9' => {
                 let len = number_len(bytes, i);
-                let s = &text[i..i + len];
-                let span = idx.span(i, i + len);
-                let is_int = s.bytes().all(|b| b.is_ascii_digit());
-                let tok = if is_int {
-                    match s.parse::<i64>() {
-                        Ok(v) => Tok::Num(v as f64, Some(v)),
-                        Err(_) => {
-                            errs.push(
-                                Diagnostic::new(
-                                    "number-too-large",
-                                    span,
-                                    format!(
-                                        "integer literal `{s}` does not fit in a 64-bit integer"
-                                    ),
-                                )
-                                .label("at most 9223372036854775807"),
-                            );
-                            Tok::Num(0.0, Some(0))
-                        }
-                    }
-                } else {
-                    match s.parse::<f64>() {
-                        Ok(v) if v.is_finite() => Tok::Num(v, None),
-                        _ => {
-                            errs.push(
-                                Diagnostic::new(
-                                    "number-too-large",
-                                    span,
-                                    format!("number `{s}` is not a finite double"),
-                                )
-                                .label("overflows f64"),
-                            );
-                            Tok::Num(0.0, None)
-                        }
-                    }
-                };
+                let tok = number(&text[i..i + len], idx.span(i, i + len), errs);
                 (tok, len)
             }
             _ => {
@@ -205,6 +170,44 @@ pub fn lex(text: &str, idx: &LineIndex, errs: &mut Vec<Diagnostic>) -> Vec<Token
         span: idx.span(text.len(), text.len()),
     });
     toks
+}
+
+/// The token of number literal `s` at `span`: an integer when it is all digits (it must fit
+/// an `i64`), else a real (it must be a finite double). A literal that does not fit is
+/// reported and lexes as 0.
+fn number(s: &str, span: Span, errs: &mut Vec<Diagnostic>) -> Tok {
+    let is_int = s.bytes().all(|b| b.is_ascii_digit());
+    if is_int {
+        match s.parse::<i64>() {
+            Ok(v) => Tok::Num(v as f64, Some(v)),
+            Err(_) => {
+                errs.push(
+                    Diagnostic::new(
+                        "number-too-large",
+                        span,
+                        format!("integer literal `{s}` does not fit in a 64-bit integer"),
+                    )
+                    .label("at most 9223372036854775807"),
+                );
+                Tok::Num(0.0, Some(0))
+            }
+        }
+    } else {
+        match s.parse::<f64>() {
+            Ok(v) if v.is_finite() => Tok::Num(v, None),
+            _ => {
+                errs.push(
+                    Diagnostic::new(
+                        "number-too-large",
+                        span,
+                        format!("number `{s}` is not a finite double"),
+                    )
+                    .label("overflows f64"),
+                );
+                Tok::Num(0.0, None)
+            }
+        }
+    }
 }
 
 /// Length of the number literal at `i`: digits, an optional fraction (a `.` not followed by

@@ -239,40 +239,7 @@ impl<'t> Parser<'t> {
             }
             "assume" => {
                 self.bump();
-                if *self.peek() == Tok::Bar {
-                    self.bump();
-                    let reg = self.ident("a register name")?;
-                    self.expect(Tok::Bar)?;
-                    self.expect(Tok::Ge)?;
-                    let lo = self.expr()?;
-                    StmtKind::Assume {
-                        reg,
-                        bound: AssumeAst::AbsGe(lo),
-                    }
-                } else {
-                    let reg = self.ident("a register name or `|`")?;
-                    let bound = match self.peek() {
-                        Tok::Ge => {
-                            self.bump();
-                            AssumeAst::Ge(self.expr()?)
-                        }
-                        Tok::Le => {
-                            self.bump();
-                            AssumeAst::Le(self.expr()?)
-                        }
-                        Tok::Ident(s) if s == "in" => {
-                            self.bump();
-                            self.expect(Tok::LBrack)?;
-                            let lo = self.expr()?;
-                            self.expect(Tok::Comma)?;
-                            let hi = self.expr()?;
-                            self.expect(Tok::RBrack)?;
-                            AssumeAst::In(lo, hi)
-                        }
-                        _ => return self.error("`in`, `>=` or `<=`"),
-                    };
-                    StmtKind::Assume { reg, bound }
-                }
+                self.assume_body()?
             }
             "mov" => {
                 self.bump();
@@ -281,33 +248,7 @@ impl<'t> Parser<'t> {
                 let src = self.ident("a source register")?;
                 self.expect_kw("from")?;
                 let pstart = self.span();
-                let pattern = match self.peek() {
-                    Tok::Ident(s) if s == "prev" => {
-                        self.bump();
-                        PatternAst::Prev
-                    }
-                    Tok::Ident(s) if s == "col" => {
-                        self.bump();
-                        self.expect(Tok::LParen)?;
-                        let e = self.expr()?;
-                        self.expect(Tok::RParen)?;
-                        PatternAst::Col(e)
-                    }
-                    Tok::Ident(s) if s == "mean" => {
-                        self.bump();
-                        self.expect(Tok::LParen)?;
-                        let set = match self.peek() {
-                            Tok::Ident(s) if s == "y" => ColumnSet::Y,
-                            Tok::Ident(s) if s == "x" => ColumnSet::X,
-                            Tok::Ident(s) if s == "all" => ColumnSet::All,
-                            _ => return self.error("`y`, `x` or `all`"),
-                        };
-                        self.bump();
-                        self.expect(Tok::RParen)?;
-                        PatternAst::Mean(set)
-                    }
-                    _ => return self.error("a column pattern (`prev`, `col(E)`, `mean(y|x|all)`)"),
-                };
+                let pattern = self.column_pattern()?;
                 let pattern_span = join(pstart, self.prev_span());
                 StmtKind::Mov {
                     dst,
@@ -357,6 +298,75 @@ impl<'t> Parser<'t> {
         Ok(Stmt {
             kind,
             span: join(start, self.prev_span()),
+        })
+    }
+
+    /// The rest of `assume`: `|REG| >= E`, `REG >= E`, `REG <= E` or `REG in [E, E]`.
+    fn assume_body(&mut self) -> PResult<StmtKind> {
+        Ok(if *self.peek() == Tok::Bar {
+            self.bump();
+            let reg = self.ident("a register name")?;
+            self.expect(Tok::Bar)?;
+            self.expect(Tok::Ge)?;
+            let lo = self.expr()?;
+            StmtKind::Assume {
+                reg,
+                bound: AssumeAst::AbsGe(lo),
+            }
+        } else {
+            let reg = self.ident("a register name or `|`")?;
+            let bound = match self.peek() {
+                Tok::Ge => {
+                    self.bump();
+                    AssumeAst::Ge(self.expr()?)
+                }
+                Tok::Le => {
+                    self.bump();
+                    AssumeAst::Le(self.expr()?)
+                }
+                Tok::Ident(s) if s == "in" => {
+                    self.bump();
+                    self.expect(Tok::LBrack)?;
+                    let lo = self.expr()?;
+                    self.expect(Tok::Comma)?;
+                    let hi = self.expr()?;
+                    self.expect(Tok::RBrack)?;
+                    AssumeAst::In(lo, hi)
+                }
+                _ => return self.error("`in`, `>=` or `<=`"),
+            };
+            StmtKind::Assume { reg, bound }
+        })
+    }
+
+    /// A column pattern: `prev`, `col(E)` or `mean(y|x|all)`.
+    fn column_pattern(&mut self) -> PResult<PatternAst> {
+        Ok(match self.peek() {
+            Tok::Ident(s) if s == "prev" => {
+                self.bump();
+                PatternAst::Prev
+            }
+            Tok::Ident(s) if s == "col" => {
+                self.bump();
+                self.expect(Tok::LParen)?;
+                let e = self.expr()?;
+                self.expect(Tok::RParen)?;
+                PatternAst::Col(e)
+            }
+            Tok::Ident(s) if s == "mean" => {
+                self.bump();
+                self.expect(Tok::LParen)?;
+                let set = match self.peek() {
+                    Tok::Ident(s) if s == "y" => ColumnSet::Y,
+                    Tok::Ident(s) if s == "x" => ColumnSet::X,
+                    Tok::Ident(s) if s == "all" => ColumnSet::All,
+                    _ => return self.error("`y`, `x` or `all`"),
+                };
+                self.bump();
+                self.expect(Tok::RParen)?;
+                PatternAst::Mean(set)
+            }
+            _ => return self.error("a column pattern (`prev`, `col(E)`, `mean(y|x|all)`)"),
         })
     }
 

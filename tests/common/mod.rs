@@ -1,11 +1,19 @@
-//! Shared helpers for the lowering tests: hand-built programs, a reference interpreter of the
-//! IR semantics (DESIGN §2, written independently of the compiler), and an independent f64 forward
-//! pass of a model directory's tensors (docs/FORMATS.md).
+//! Shared helpers of the integration tests: hand-built programs, the one reference interpreter of
+//! the IR semantics ([`reference_interp`]) and the one reference forward pass of a model
+//! directory's tensors ([`reference_forward`]), both written independently of the library, and
+//! prompts.
 #![allow(dead_code)]
 
+pub mod reference_forward;
+pub mod reference_interp;
+
+// Each test binary uses some of the shared helpers only.
+#[allow(unused_imports)]
+pub use reference_forward::forward;
+#[allow(unused_imports)]
+pub use reference_interp::interpret;
+
 use icl::ir::*;
-use icl::model::config::ModelConfig;
-use icl::tensors::NamedTensors;
 use std::collections::BTreeMap;
 
 pub struct Builder {
@@ -165,216 +173,6 @@ impl Builder {
         self.p.output = r;
         self.p
     }
-}
-
-/// Reference semantics: the output register at every column.
-pub fn interpret(p: &Program, tokens: &[Vec<f64>]) -> Vec<f64> {
-    let t_n = tokens.len();
-    // regs[reg][t][elem]
-    let mut regs: Vec<Vec<Vec<f64>>> = p
-        .registers
-        .iter()
-        .map(|r| match r.kind {
-            RegKind::Input(b) => (0..t_n)
-                .map(|t| {
-                    (0..r.shape.size())
-                        .map(|e| b.value(t, &tokens[t], e))
-                        .collect()
-                })
-                .collect(),
-            RegKind::Work => vec![vec![0.0; r.shape.size()]; t_n],
-        })
-        .collect();
-    for op in &p.ops {
-        let new: Vec<Vec<f64>> = match &op.kind {
-            OpKind::Mov { src, pattern, .. } => (0..t_n)
-                .map(|t| {
-                    let srcs = pattern.sources(t);
-                    let size = p.reg(*src).shape.size();
-                    let mut v = vec![0.0; size];
-                    for &s in &srcs {
-                        for e in 0..size {
-                            v[e] += regs[*src][s][e];
-                        }
-                    }
-                    if !srcs.is_empty() {
-                        for x in &mut v {
-                            *x /= srcs.len() as f64;
-                        }
-                    }
-                    v
-                })
-                .collect(),
-            OpKind::Mul { a, b, .. } => {
-                let (sa, sb) = (p.operand_shape(*a), p.operand_shape(*b));
-                let (ra, rb) = (p.reg(a.reg).shape, p.reg(b.reg).shape);
-                (0..t_n)
-                    .map(|t| {
-                        let mut v = vec![0.0; sa.rows * sb.cols];
-                        for i in 0..sa.rows {
-                            for c in 0..sb.cols {
-                                for j in 0..sa.cols {
-                                    v[i * sb.cols + c] += regs[a.reg][t]
-                                        [operand_index(ra, a.transposed, i, j)]
-                                        * regs[b.reg][t][operand_index(rb, b.transposed, j, c)];
-                                }
-                            }
-                        }
-                        v
-                    })
-                    .collect()
-            }
-            OpKind::Div { num, den, .. } => (0..t_n)
-                .map(|t| {
-                    let dv = regs[*den][t][0].abs();
-                    regs[*num][t].iter().map(|x| x / dv).collect()
-                })
-                .collect(),
-            OpKind::Aff { terms, bias, .. } => (0..t_n)
-                .map(|t| {
-                    let mut v = bias.clone();
-                    for term in terms {
-                        let sh = p.operand_shape(term.src);
-                        let rs = p.reg(term.src.reg).shape;
-                        let n = sh.size();
-                        for (e, acc) in v.iter_mut().enumerate() {
-                            for j in 0..n {
-                                let (i0, j0) = (j / sh.cols, j % sh.cols);
-                                *acc += term.coef[e * n + j]
-                                    * regs[term.src.reg][t]
-                                        [operand_index(rs, term.src.transposed, i0, j0)];
-                            }
-                        }
-                    }
-                    v
-                })
-                .collect(),
-        };
-        regs[op.kind.dst()] = new;
-    }
-    (0..t_n).map(|t| regs[p.output][t][0]).collect()
-}
-
-/// Independent forward pass (docs/FORMATS.md) in f64: the read-out at every column.
-pub fn forward(cfg: &ModelConfig, w: &NamedTensors, tokens: &[Vec<f64>]) -> Vec<f64> {
-    let t_n = tokens.len();
-    let width = cfg.width;
-    let get = |n: &str| {
-        w.get(n)
-            .unwrap_or_else(|| panic!("missing tensor {n}"))
-            .clone()
-    };
-    let matvec = |m: &icl::tensors::RawTensor, x: &[f64]| -> Vec<f64> {
-        let (r, c) = (m.shape[0], m.shape[1]);
-        (0..r)
-            .map(|i| (0..c).map(|j| m.data[i * c + j] * x[j]).sum())
-            .collect()
-    };
-    let embed = get("embed.weight");
-    let eb = get("embed.bias");
-    let pos = get("pos.weight");
-    let mut h: Vec<Vec<f64>> = (0..t_n)
-        .map(|t| {
-            let e = matvec(&embed, &tokens[t]);
-            (0..width)
-                .map(|r| e[r] + eb.data[r] + pos.data[t * width + r])
-                .collect()
-        })
-        .collect();
-    for (l, lc) in cfg.layers.iter().enumerate() {
-        let pre = format!("layers.{l}");
-        if let Some(a) = lc.attn {
-            assert!(a.bias && !a.qk && a.zero_attn);
-            let wv = get(&format!("{pre}.attn.v.weight"));
-            let bv = get(&format!("{pre}.attn.v.bias"));
-            let wo = get(&format!("{pre}.attn.o.weight"));
-            let bo = get(&format!("{pre}.attn.o.bias"));
-            let bias = get(&format!("{pre}.attn.bias"));
-            let ml = cfg.max_len;
-            let vals: Vec<Vec<f64>> = h
-                .iter()
-                .map(|x| {
-                    matvec(&wv, x)
-                        .iter()
-                        .zip(&bv.data)
-                        .map(|(a, b)| a + b)
-                        .collect()
-                })
-                .collect();
-            let inner = a.heads * a.head_dim;
-            let mut out = Vec::with_capacity(t_n);
-            for t in 0..t_n {
-                let mut o = vec![0.0; inner];
-                for hh in 0..a.heads {
-                    let b = |s: usize| bias.data[(hh * ml + t) * (ml + 1) + s];
-                    let mut keys: Vec<(Option<usize>, f64)> =
-                        (0..=t).map(|s| (Some(s), b(s))).collect();
-                    keys.push((None, b(ml)));
-                    let m = keys.iter().map(|k| k.1).fold(f64::NEG_INFINITY, f64::max);
-                    let ws: Vec<f64> = keys.iter().map(|k| (k.1 - m).exp()).collect();
-                    let z: f64 = ws.iter().sum();
-                    for (k, wgt) in keys.iter().zip(&ws) {
-                        if let Some(s) = k.0 {
-                            for c in 0..a.head_dim {
-                                let i = hh * a.head_dim + c;
-                                o[i] += wgt / z * vals[s][i];
-                            }
-                        }
-                    }
-                }
-                let y = matvec(&wo, &o);
-                out.push(
-                    y.iter()
-                        .zip(&bo.data)
-                        .map(|(a, b)| a + b)
-                        .collect::<Vec<f64>>(),
-                );
-            }
-            for t in 0..t_n {
-                for r in 0..width {
-                    h[t][r] += out[t][r];
-                }
-            }
-        }
-        let m: Vec<Vec<f64>> = if let Some(nc) = lc.norm {
-            let nw = get(&format!("{pre}.norm.weight"));
-            let nb = get(&format!("{pre}.norm.bias"));
-            h.iter()
-                .map(|x| {
-                    let mu = x.iter().sum::<f64>() / width as f64;
-                    let var = x.iter().map(|v| (v - mu) * (v - mu)).sum::<f64>() / width as f64;
-                    let sd = (var + nc.eps).sqrt();
-                    (0..width)
-                        .map(|r| (x[r] - mu) / sd * nw.data[r] + nb.data[r])
-                        .collect()
-                })
-                .collect()
-        } else {
-            h.clone()
-        };
-        if let Some(mc) = lc.mlp {
-            let g = get(&format!("{pre}.mlp.gate.weight"));
-            let gb = get(&format!("{pre}.mlp.gate.bias"));
-            let u = get(&format!("{pre}.mlp.up.weight"));
-            let ub = get(&format!("{pre}.mlp.up.bias"));
-            let dn = get(&format!("{pre}.mlp.down.weight"));
-            let db = get(&format!("{pre}.mlp.down.bias"));
-            for t in 0..t_n {
-                let gv = matvec(&g, &m[t]);
-                let uv = matvec(&u, &m[t]);
-                let act: Vec<f64> = (0..mc.hidden)
-                    .map(|i| (gv[i] + gb.data[i]) * (uv[i] + ub.data[i]))
-                    .collect();
-                let y = matvec(&dn, &act);
-                for r in 0..width {
-                    h[t][r] += y[r] + db.data[r];
-                }
-            }
-        }
-    }
-    let ro = get("readout.weight");
-    let rb = get("readout.bias");
-    h.iter().map(|x| matvec(&ro, x)[0] + rb.data[0]).collect()
 }
 
 /// Deterministic pseudo-random numbers in [-1, 1) (xorshift), so tests need no RNG crate setup.
