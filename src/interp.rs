@@ -25,7 +25,7 @@
 // path, so the size of `Result` does not matter here.
 #![allow(clippy::result_large_err)]
 
-use crate::ir::{self, Bound, OpKind, Program, RegKind};
+use crate::ir::{self, Bound, OpKind, Program, RegId, RegKind, RegMap};
 use crate::prompt::Prompt;
 use num_bigint::BigInt;
 use num_rational::BigRational;
@@ -146,7 +146,7 @@ pub type RegValues<T> = Vec<Vec<T>>;
 
 /// The hidden state: per register (indexed like [`Program::registers`]), `None` while unwritten,
 /// else per element, per column.
-pub type State<T> = Vec<Option<RegValues<T>>>;
+pub type State<T> = RegMap<Option<RegValues<T>>>;
 
 /// The result of running a program on one prompt.
 #[derive(Debug, Clone, PartialEq)]
@@ -298,7 +298,7 @@ fn convert<T: Scalar>(v: f64, p: &Program, op: &ir::Op) -> Result<T, InterpError
 /// Checks every assumption on `reg` over all its elements and columns.
 fn check_assumptions<T: Scalar>(
     p: &Program,
-    reg: usize,
+    reg: RegId,
     vals: &RegValues<T>,
     written_by: Option<&ir::Op>,
 ) -> Result<(), InterpError> {
@@ -362,10 +362,11 @@ fn run_generic<T: Scalar>(
     check_prompt(p, prompt)?;
     let columns = p.columns();
     let tokens = prompt.tokens();
-    let mut state: State<T> = vec![None; p.registers.len()];
+    let mut state: State<T> = RegMap::filled(p, None);
 
     // Inputs from the prompt (exact conversion of each double).
-    for (id, r) in p.registers.iter().enumerate() {
+    for id in p.reg_ids() {
+        let r = p.reg(id);
         if let RegKind::Input(b) = r.kind {
             let mut vals = Vec::with_capacity(r.shape.size());
             for e in 0..r.shape.size() {
@@ -393,7 +394,7 @@ fn run_generic<T: Scalar>(
     };
     for op in &p.ops {
         let dst = op.kind.dst();
-        let read = |r: usize| -> Result<&RegValues<T>, InterpError> {
+        let read = |r: RegId| -> Result<&RegValues<T>, InterpError> {
             state[r].as_ref().ok_or_else(|| InterpError::Unwritten {
                 register: p.registers[r].name.clone(),
                 op: op_text(op),

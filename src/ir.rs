@@ -34,7 +34,7 @@ impl RegId {
 
 impl std::fmt::Display for RegId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "r{}", self.0)
+        write!(f, "{}", self.0)
     }
 }
 

@@ -22,7 +22,7 @@ use super::checker::{has_name, Checker};
 use super::consts::Value;
 use super::diag::Diagnostic;
 use super::MAX_COEFS;
-use crate::ir::{AffTerm, OpKind, Operand, Shape, Span};
+use crate::ir::{AffTerm, OpKind, Operand, RegId, Shape, Span};
 use std::collections::HashSet;
 
 /// An index list `[i, :]` of an aff source (`None` is `:`).
@@ -235,7 +235,7 @@ impl Checker<'_> {
             self.push_op(
                 s,
                 OpKind::Aff {
-                    dst: dr,
+                    dst: RegId(dr),
                     terms,
                     bias,
                 },
@@ -484,7 +484,7 @@ impl Checker<'_> {
         self.coefs_used = self.coefs_used.saturating_add(coef.len());
         Ok(Some(AffTerm {
             src: Operand {
-                reg: t.reg,
+                reg: RegId(t.reg),
                 transposed,
             },
             coef,

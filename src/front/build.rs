@@ -5,7 +5,7 @@
 use super::checker::Checker;
 use super::consts::Value;
 use super::diag::Diagnostic;
-use crate::ir::{self, AffTerm, OpKind, Operand, ParamValue, RegKind, Register};
+use crate::ir::{self, AffTerm, OpKind, Operand, ParamValue, RegId, RegKind, Register};
 use std::collections::BTreeMap;
 
 /// Marks a checker register that is not in the program (an unreferenced input).
@@ -22,7 +22,7 @@ impl Checker<'_> {
         output: usize,
     ) -> Option<ir::Program> {
         let (map, registers) = self.registers()?;
-        let m = |r: usize| map[r];
+        let m = |r: RegId| RegId(map[r.0]);
         let ops = self
             .ops
             .drain(..)
@@ -51,7 +51,7 @@ impl Checker<'_> {
             registers,
             ops,
             assumptions,
-            output: m(output),
+            output: m(RegId(output)),
         })
     }
 
@@ -119,9 +119,9 @@ impl Checker<'_> {
 
 /// `kind` with every register id `r` replaced by `map[r]`.
 fn renumber(kind: OpKind, map: &[usize]) -> OpKind {
-    let m = |r: usize| map[r];
+    let m = |r: RegId| RegId(map[r.0]);
     let mo = |o: Operand| Operand {
-        reg: map[o.reg],
+        reg: m(o.reg),
         transposed: o.transposed,
     };
     match kind {

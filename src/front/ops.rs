@@ -5,7 +5,7 @@
 use super::ast::{Ident, OperandAst, PatternAst, Stmt, StmtKind};
 use super::checker::{Checker, DivCheck};
 use super::diag::Diagnostic;
-use crate::ir::{self, Builtin, OpKind, Operand, Pattern, Shape, Span};
+use crate::ir::{self, Builtin, OpKind, Operand, Pattern, RegId, Shape, Span};
 
 impl Checker<'_> {
     /// Checks one operation instance and, when it is well formed, appends it to the program.
@@ -48,8 +48,8 @@ impl Checker<'_> {
             self.push_op(
                 s,
                 OpKind::Mov {
-                    dst: d,
-                    src: sr,
+                    dst: RegId(d),
+                    src: RegId(sr),
                     pattern: p,
                 },
             );
@@ -138,14 +138,21 @@ impl Checker<'_> {
         }
         if let (true, Some(d), Some(ar), Some(br)) = (ok, dst_r, ar, br) {
             let a = Operand {
-                reg: ar,
+                reg: RegId(ar),
                 transposed: a.transposed,
             };
             let b = Operand {
-                reg: br,
+                reg: RegId(br),
                 transposed: b.transposed,
             };
-            self.push_op(s, OpKind::Mul { dst: d, a, b });
+            self.push_op(
+                s,
+                OpKind::Mul {
+                    dst: RegId(d),
+                    a,
+                    b,
+                },
+            );
         }
         self.finish_write(dst_r);
     }
@@ -190,9 +197,9 @@ impl Checker<'_> {
             self.push_op(
                 s,
                 OpKind::Div {
-                    dst: d,
-                    num: nr,
-                    den: dr,
+                    dst: RegId(d),
+                    num: RegId(nr),
+                    den: RegId(dr),
                 },
             );
         }

@@ -8,7 +8,7 @@ use super::ast::{AssumeAst, Expr, Ident, Stmt, StmtKind};
 use super::checker::Checker;
 use super::diag::Diagnostic;
 use super::MAX_UNROLL;
-use crate::ir::{Assumption, Bound, Span};
+use crate::ir::{Assumption, Bound, RegId, Span};
 
 impl Checker<'_> {
     /// Spends one unit of the unrolling budget ([`MAX_UNROLL`]); false (reported once, and
@@ -170,12 +170,16 @@ impl Checker<'_> {
             return;
         }
         self.regs[r].referenced = true;
-        if self.assumptions.iter().any(|a| a.reg == r && a.bound == b) {
+        if self
+            .assumptions
+            .iter()
+            .any(|a| a.reg == RegId(r) && a.bound == b)
+        {
             return;
         }
         let text = self.stmt_text(s.span);
         self.assumptions.push(Assumption {
-            reg: r,
+            reg: RegId(r),
             bound: b,
             span: s.span,
             text,

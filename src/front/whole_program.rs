@@ -11,6 +11,7 @@
 use super::ast::{Ident, Stmt, StmtKind};
 use super::checker::Checker;
 use super::diag::Diagnostic;
+use crate::ir::RegId;
 use std::collections::HashMap;
 
 impl Checker<'_> {
@@ -82,7 +83,7 @@ impl Checker<'_> {
             let ok = self
                 .assumptions
                 .iter()
-                .any(|a| a.reg == c.den && a.bound.excludes_zero());
+                .any(|a| a.reg == RegId(c.den) && a.bound.excludes_zero());
             if !ok {
                 let name = self.regs[c.den].name.clone();
                 let mut d = Diagnostic::new(
@@ -93,7 +94,7 @@ impl Checker<'_> {
                 .label(format!(
                     "add e.g. `assume {name} >= 1` or `assume |{name}| >= 1e-3`"
                 ));
-                for a in self.assumptions.iter().filter(|a| a.reg == c.den) {
+                for a in self.assumptions.iter().filter(|a| a.reg == RegId(c.den)) {
                     d = d.also(a.span, "this assumption allows 0");
                 }
                 d.notes.extend(c.notes);
@@ -115,11 +116,11 @@ impl Checker<'_> {
         let mut live: HashMap<usize, (usize, usize)> = HashMap::new();
         for (i, op) in self.ops.iter().enumerate() {
             for r in op.kind.reads() {
-                if let Some(e) = live.get_mut(&r) {
+                if let Some(e) = live.get_mut(&r.0) {
                     e.1 = i;
                 }
             }
-            let dst = op.kind.dst();
+            let dst = op.kind.dst().0;
             live.entry(dst).and_modify(|e| e.1 = i).or_insert((i, i));
         }
         if let Some(o) = output {

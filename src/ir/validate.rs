@@ -167,7 +167,7 @@ pub fn validate(p: &Program) -> Result<(), ValidateError> {
     }
     registers(p)?;
     let count = p.registers.len();
-    if p.output >= count {
+    if p.output.index() >= count {
         return Err(ValidateError::OutputOutOfRange {
             reg: p.output,
             count,
@@ -185,7 +185,7 @@ pub fn validate(p: &Program) -> Result<(), ValidateError> {
         .assumptions
         .iter()
         .enumerate()
-        .find(|(_, a)| a.reg >= count)
+        .find(|(_, a)| a.reg.index() >= count)
     {
         return Err(ValidateError::AssumptionOutOfRange {
             index,
@@ -199,7 +199,8 @@ pub fn validate(p: &Program) -> Result<(), ValidateError> {
 /// Each register non-empty (and its size an integer); each input once, shaped by `d`; pinned rows above the inputs.
 fn registers(p: &Program) -> Result<(), ValidateError> {
     let mut seen: Vec<(Builtin, RegId)> = Vec::new();
-    for (reg, r) in p.registers.iter().enumerate() {
+    for reg in p.reg_ids() {
+        let r = p.reg(reg);
         let size = r.shape.rows.checked_mul(r.shape.cols);
         if size.is_none() || size == Some(0) {
             return Err(ValidateError::BadShape {
@@ -266,7 +267,7 @@ fn roles(kind: &OpKind) -> Vec<(Role, RegId)> {
 fn op(p: &Program, i: usize) -> Result<(), ValidateError> {
     let kind = &p.ops[i].kind;
     let count = p.registers.len();
-    if let Some((role, reg)) = roles(kind).into_iter().find(|(_, r)| *r >= count) {
+    if let Some((role, reg)) = roles(kind).into_iter().find(|(_, r)| r.index() >= count) {
         return Err(ValidateError::RegisterOutOfRange {
             op: i,
             role,
