@@ -19,7 +19,7 @@
 //! (never written).
 
 use super::schedule::{self, Schedule};
-use super::LowerError;
+use super::{Location, LowerError};
 use crate::ir::{Builtin, Program, RegId, RegKind};
 
 /// One live range of a work register.
@@ -131,13 +131,11 @@ pub fn allocate(p: &Program, sched: &Schedule) -> Result<Allocation, LowerError>
                     rw.push(None);
                 }
                 RegKind::Work => {
-                    let w = current[reg].ok_or_else(|| LowerError::Internal {
-                        msg: format!(
-                            "{}: `{}` reads `{}` before any write (the checker should have caught this)",
-                            p.location(op.span),
-                            op.text,
-                            p.reg(reg).name
-                        ),
+                    let w = current[reg].ok_or_else(|| LowerError::ReadBeforeWrite {
+                        at: Location::of(p, op.span),
+                        op: k,
+                        text: op.text.clone(),
+                        reg: p.reg(reg).name.clone(),
                     })?;
                     let web = &mut webs[w];
                     web.end = web.end.max(s);
@@ -150,7 +148,7 @@ pub fn allocate(p: &Program, sched: &Schedule) -> Result<Allocation, LowerError>
         let dst = op.kind.dst();
         if !matches!(p.reg(dst).kind, RegKind::Work) {
             return Err(LowerError::Unsupported {
-                at: p.location(op.span),
+                at: Location::of(p, op.span),
                 msg: format!(
                     "`{}` writes the built-in input `{}`",
                     op.text,
@@ -223,7 +221,7 @@ pub fn allocate(p: &Program, sched: &Schedule) -> Result<Allocation, LowerError>
             let size = reg.shape.size();
             if row <= d || (row..row + size).any(|r| r < occ.reserved.len() && occ.reserved[r]) {
                 return Err(LowerError::Unsupported {
-                    at: p.location(reg.span),
+                    at: Location::of(p, reg.span),
                     msg: format!(
                         "register `{}` is pinned to rows {}..{}, which overlap the input rows",
                         reg.name,
@@ -234,7 +232,7 @@ pub fn allocate(p: &Program, sched: &Schedule) -> Result<Allocation, LowerError>
             }
             if !occ.free(row, size, (web.start, web.end)) {
                 return Err(LowerError::Unsupported {
-                    at: p.location(reg.span),
+                    at: Location::of(p, reg.span),
                     msg: format!(
                         "register `{}` is pinned to rows {}..{}, which another pinned register \
                          occupies while it is live (live range {wi}, from `{}`)",
