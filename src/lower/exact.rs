@@ -648,8 +648,8 @@ fn mlp_weights(units: &[Unit], w: &mut Mlp<RawTensor>) -> Result<(), LowerError>
     Ok(())
 }
 
-/// The ops of block `l` as `layout.json` places them: the attention's after the MLP's are
-/// planned, each with its pattern head and the self head.
+/// The ops of block `l` as `layout.json` places them: the attention's with the heads they use
+/// (a mov's pattern head and the self head; a division's self head), then the MLP's.
 fn placed_ops(p: &Program, l: usize, plan: &BlockPlan) -> LayerOps {
     let self_idx = plan.heads.self_index();
     let attn = plan
@@ -675,6 +675,7 @@ fn placed_ops(p: &Program, l: usize, plan: &BlockPlan) -> LayerOps {
     }
 }
 
+/// Size and sparsity of the compiled model.
 fn stats(p: &Program, config: &ModelConfig, tensors: &NamedTensors) -> Stats {
     let layers = &config.layers;
     Stats {
@@ -701,6 +702,7 @@ fn stats(p: &Program, config: &ModelConfig, tensors: &NamedTensors) -> Stats {
     }
 }
 
+/// Op `k` as `layout.json` places it: its source text and location, and the heads it uses.
 fn placed(p: &Program, k: usize, part: OpPart, heads: Vec<usize>) -> PlacedOp {
     let op = &p.ops[k];
     PlacedOp {
@@ -712,6 +714,8 @@ fn placed(p: &Program, k: usize, part: OpPart, heads: Vec<usize>) -> PlacedOp {
     }
 }
 
+/// The row the read-out reads: the output register's (an input's row, or the row of its last
+/// live range), which must be a scalar.
 fn output_row(p: &Program, alloc: &Allocation) -> Result<usize, LowerError> {
     let reg = p.reg(p.output);
     if !reg.shape.is_scalar() {
@@ -1005,6 +1009,8 @@ fn gain_delta(g: f64, u: f64, pp: f64, l: f64, exact: bool) -> f64 {
     r.to_f64().map(f64::next_up).unwrap_or(f64::INFINITY)
 }
 
+/// `layout.json`: where every input and register lives, what every row holds over the layers,
+/// the ops of every layer, the division constants and the output row.
 fn build_layout(
     p: &Program,
     alloc: &Allocation,
@@ -1013,84 +1019,9 @@ fn build_layout(
     divs: &[DivReport],
     out_row: usize,
 ) -> Layout {
-    let mut inputs = BTreeMap::new();
-    let mut registers = Vec::new();
     let mut names: Vec<Vec<String>> = vec![Vec::new(); alloc.width];
-    // y and x are always present in the hidden state (rows 0..=d).
-    inputs.insert("y".to_string(), [0, 1]);
-    inputs.insert("x".to_string(), [1, p.d + 1]);
-    if p.input(Builtin::Y).is_none() {
-        names[0].push("y (not read: embedded as 0)".into());
-    }
-    if p.input(Builtin::X).is_none() {
-        for (i, n) in names.iter_mut().enumerate().skip(1).take(p.d) {
-            n.push(format!("x[{}] (not read: embedded as 0)", i - 1));
-        }
-    }
-    for &(b, reg, row) in &alloc.input_rows {
-        let r = p.reg(reg);
-        let size = r.shape.size();
-        inputs.insert(b.name().to_string(), [row, row + size]);
-        registers.push(RegisterPlacement {
-            name: r.name.clone(),
-            shape: [r.shape.rows, r.shape.cols],
-            rows: [row, row + size],
-            written: None,
-            last_read: alloc.input_last_read[reg],
-        });
-        for e in 0..size {
-            names[row + e].push(format!("{} (input)", elem_name(&r.name, r.shape, e)));
-        }
-    }
-    let last_layer = nblocks.saturating_sub(1);
-    let final_out_web = alloc.webs.iter().rposition(|w| w.reg == p.output);
-    // Per row: (first layer, last layer, register) of every live range, merged below.
-    let mut spans: Vec<Vec<(usize, usize, RegId, usize)>> = vec![Vec::new(); alloc.width];
-    let mut placements: BTreeMap<RegId, RegisterPlacement> = BTreeMap::new();
-    for (wi, w) in alloc.webs.iter().enumerate() {
-        let r = p.reg(w.reg);
-        let size = r.shape.size();
-        let last_read = if Some(wi) == final_out_web {
-            Some(last_layer)
-        } else {
-            w.last_read_block
-        };
-        let pl = placements
-            .entry(w.reg)
-            .or_insert_with(|| RegisterPlacement {
-                name: r.name.clone(),
-                shape: [r.shape.rows, r.shape.cols],
-                rows: [w.row, w.row + size],
-                written: Some(w.written_block),
-                last_read: None,
-            });
-        pl.last_read = pl.last_read.max(last_read);
-        let until = last_read.unwrap_or(w.written_block);
-        for e in 0..size {
-            spans[w.row + e].push((w.written_block, until, w.reg, e));
-        }
-    }
-    // Registers in order of first write.
-    let mut placed: Vec<RegisterPlacement> = placements.into_values().collect();
-    placed.sort_by_key(|pl| (pl.written, pl.rows[0]));
-    registers.extend(placed);
-    for (row, sp) in spans.iter_mut().enumerate() {
-        sp.sort();
-        let mut merged: Vec<(usize, usize, RegId, usize)> = Vec::new();
-        for &s in sp.iter() {
-            match merged.last_mut() {
-                Some(m) if m.2 == s.2 && m.3 == s.3 => m.1 = m.1.max(s.1),
-                _ => merged.push(s),
-            }
-        }
-        for (a, b, reg, e) in merged {
-            let r = p.reg(reg);
-            names[row].push(format!(
-                "{} (layers {a}..={b})",
-                elem_name(&r.name, r.shape, e)
-            ));
-        }
-    }
+    let (inputs, mut registers) = input_placements(p, alloc, &mut names);
+    registers.extend(work_placements(p, alloc, nblocks, &mut names));
     if let Some([p1, p2]) = alloc.payload {
         names[p1].push("div payload +P·den".into());
         names[p2].push("div payload −P·den".into());
@@ -1132,6 +1063,102 @@ fn build_layout(
                    read the output row at even columns"
             .into(),
     }
+}
+
+/// The inputs' rows (y and x always, at rows 0..=d) and their register placements; names the
+/// rows of inputs the program never reads (embedded as 0) and of every input it reads.
+fn input_placements(
+    p: &Program,
+    alloc: &Allocation,
+    names: &mut [Vec<String>],
+) -> (BTreeMap<String, [usize; 2]>, Vec<RegisterPlacement>) {
+    let mut inputs = BTreeMap::new();
+    let mut registers = Vec::new();
+    inputs.insert("y".to_string(), [0, 1]);
+    inputs.insert("x".to_string(), [1, p.d + 1]);
+    if p.input(Builtin::Y).is_none() {
+        names[0].push("y (not read: embedded as 0)".into());
+    }
+    if p.input(Builtin::X).is_none() {
+        for (i, n) in names.iter_mut().enumerate().skip(1).take(p.d) {
+            n.push(format!("x[{}] (not read: embedded as 0)", i - 1));
+        }
+    }
+    for &(b, reg, row) in &alloc.input_rows {
+        let r = p.reg(reg);
+        let size = r.shape.size();
+        inputs.insert(b.name().to_string(), [row, row + size]);
+        registers.push(RegisterPlacement {
+            name: r.name.clone(),
+            shape: [r.shape.rows, r.shape.cols],
+            rows: [row, row + size],
+            written: None,
+            last_read: alloc.input_last_read[reg],
+        });
+        for e in 0..size {
+            names[row + e].push(format!("{} (input)", elem_name(&r.name, r.shape, e)));
+        }
+    }
+    (inputs, registers)
+}
+
+/// The work registers' placements in order of first write (the output live until the last
+/// layer), and per row the registers it holds with their layer spans (consecutive live ranges of
+/// the same element merged).
+fn work_placements(
+    p: &Program,
+    alloc: &Allocation,
+    nblocks: usize,
+    names: &mut [Vec<String>],
+) -> Vec<RegisterPlacement> {
+    let last_layer = nblocks.saturating_sub(1);
+    let final_out_web = alloc.webs.iter().rposition(|w| w.reg == p.output);
+    // Per row: (first layer, last layer, register, element) of every live range, merged below.
+    let mut spans: Vec<Vec<(usize, usize, RegId, usize)>> = vec![Vec::new(); alloc.width];
+    let mut placements: BTreeMap<RegId, RegisterPlacement> = BTreeMap::new();
+    for (wi, w) in alloc.webs.iter().enumerate() {
+        let r = p.reg(w.reg);
+        let size = r.shape.size();
+        let last_read = if Some(wi) == final_out_web {
+            Some(last_layer)
+        } else {
+            w.last_read_block
+        };
+        let pl = placements
+            .entry(w.reg)
+            .or_insert_with(|| RegisterPlacement {
+                name: r.name.clone(),
+                shape: [r.shape.rows, r.shape.cols],
+                rows: [w.row, w.row + size],
+                written: Some(w.written_block),
+                last_read: None,
+            });
+        pl.last_read = pl.last_read.max(last_read);
+        let until = last_read.unwrap_or(w.written_block);
+        for e in 0..size {
+            spans[w.row + e].push((w.written_block, until, w.reg, e));
+        }
+    }
+    for (row, sp) in spans.iter_mut().enumerate() {
+        sp.sort();
+        let mut merged: Vec<(usize, usize, RegId, usize)> = Vec::new();
+        for &s in sp.iter() {
+            match merged.last_mut() {
+                Some(m) if m.2 == s.2 && m.3 == s.3 => m.1 = m.1.max(s.1),
+                _ => merged.push(s),
+            }
+        }
+        for (a, b, reg, e) in merged {
+            let r = p.reg(reg);
+            names[row].push(format!(
+                "{} (layers {a}..={b})",
+                elem_name(&r.name, r.shape, e)
+            ));
+        }
+    }
+    let mut placed: Vec<RegisterPlacement> = placements.into_values().collect();
+    placed.sort_by_key(|pl| (pl.written, pl.rows[0]));
+    placed
 }
 
 #[cfg(test)]

@@ -56,7 +56,7 @@ pub struct NormConfig {
     pub eps: f64,
 }
 
-/// Momentum attention (reference/dai.md §3): `o_t += Σ_{s<t} η^{t−s} v_s`.
+/// Momentum attention (docs/FORMATS.md, "Momentum attention"): `o_t += Σ_{s<t} η^{t−s} v_s`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(untagged, deny_unknown_fields)]
 pub enum MomentumConfig {

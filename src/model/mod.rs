@@ -376,7 +376,8 @@ impl Transformer {
         Ok(m)
     }
 
-    /// Momentum matrix [heads, T, T] with entry η_h^{t−s} for s < t, else 0 (reference/dai.md §3).
+    /// Momentum matrix [heads, T, T] with entry η_h^{t−s} for s < t, else 0 (docs/FORMATS.md,
+    /// "Momentum attention").
     fn momentum_matrix(
         &self,
         a: &AttnConfig,
