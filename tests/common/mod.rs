@@ -2,6 +2,7 @@
 //! IR semantics (DESIGN §2, written independently of the compiler), and an independent f64 forward
 //! pass of a model directory's tensors (docs/FORMATS.md).
 #![allow(dead_code)]
+pub mod handbuilt;
 
 use icl::ir::*;
 use icl::model::config::ModelConfig;
