@@ -3,6 +3,7 @@
 //! directory's tensors ([`reference_forward`]), both written independently of the library, and
 //! prompts.
 #![allow(dead_code)]
+pub mod handbuilt;
 
 pub mod reference_forward;
 pub mod reference_interp;
