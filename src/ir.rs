@@ -52,6 +52,12 @@ impl std::ops::Index<RegId> for Vec<Register> {
     }
 }
 
+impl std::ops::IndexMut<RegId> for Vec<Register> {
+    fn index_mut(&mut self, r: RegId) -> &mut Register {
+        &mut self[r.0]
+    }
+}
+
 /// A table with one entry per register of a program, indexed by [`RegId`] (so a row, layer or
 /// op number cannot be used where a register is meant).
 #[derive(Debug, Clone, PartialEq)]
@@ -61,6 +67,13 @@ impl<T> RegMap<T> {
     /// One entry per register of `p`, `f(id)` for register `id`.
     pub fn from_fn(p: &Program, f: impl FnMut(RegId) -> T) -> RegMap<T> {
         RegMap(p.reg_ids().map(f).collect())
+    }
+    /// [`Self::from_fn`] with a fallible `f`: the first error is returned.
+    pub fn try_from_fn<E>(
+        p: &Program,
+        f: impl FnMut(RegId) -> Result<T, E>,
+    ) -> Result<RegMap<T>, E> {
+        Ok(RegMap(p.reg_ids().map(f).collect::<Result<_, E>>()?))
     }
     /// The entry of `r`, if `r` is a register of the program.
     pub fn get(&self, r: RegId) -> Option<&T> {

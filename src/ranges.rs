@@ -367,13 +367,13 @@ mod tests {
             reg("q", Shape::vec(d), RegKind::Work),
         ];
         let o = |r| Operand {
-            reg: r,
+            reg: RegId(r),
             transposed: false,
         };
         let ops = vec![
             op(
                 OpKind::Mul {
-                    dst: 2,
+                    dst: RegId(2),
                     a: o(1),
                     b: o(0),
                 },
@@ -381,9 +381,9 @@ mod tests {
             ),
             op(
                 OpKind::Mul {
-                    dst: 3,
+                    dst: RegId(3),
                     a: Operand {
-                        reg: 2,
+                        reg: RegId(2),
                         transposed: true,
                     },
                     b: o(2),
@@ -392,7 +392,7 @@ mod tests {
             ),
             op(
                 OpKind::Aff {
-                    dst: 4,
+                    dst: RegId(4),
                     terms: vec![AffTerm {
                         src: o(3),
                         coef: vec![1.0],
@@ -403,15 +403,15 @@ mod tests {
             ),
             op(
                 OpKind::Div {
-                    dst: 5,
-                    num: 2,
-                    den: 4,
+                    dst: RegId(5),
+                    num: RegId(2),
+                    den: RegId(4),
                 },
                 "div q <- u / |den|",
             ),
         ];
         let assume = |reg, bound| Assumption {
-            reg,
+            reg: RegId(reg),
             bound,
             span: Span::default(),
             text: String::new(),
@@ -438,7 +438,7 @@ mod tests {
                     },
                 ),
             ],
-            output: 3,
+            output: RegId(3),
         }
     }
 
@@ -448,15 +448,15 @@ mod tests {
         let r = analyze(&p).unwrap();
         // u = x·y ∈ [-1,1]·[-3,2] = [-3, 3]; s = Σ u_i² ∈ [-18, 18] by plain interval
         // arithmetic (u_i·u_i is not known to be a square), den ∈ [1, 19] after the assumption.
-        let u = r.reg_hull(2);
+        let u = r.reg_hull(RegId(2));
         assert!(u[0].contains(-3.0) && u[0].contains(3.0) && u[0].hi < 3.0 + 1e-12);
-        let den = r.reg_hull(4)[0];
+        let den = r.reg_hull(RegId(4))[0];
         assert_eq!(den.lo, 1.0);
         assert!(den.hi >= 19.0 && den.hi < 19.0 + 1e-12);
-        let q = r.reg_hull(5);
+        let q = r.reg_hull(RegId(5));
         assert!(q[1].abs_max() >= 3.0 && q[1].abs_max() < 3.0 + 1e-12);
-        assert!(r.before_op(0, 2).is_none());
-        assert!(r.before_op(1, 2).is_some());
+        assert!(r.before_op(0, RegId(2)).is_none());
+        assert!(r.before_op(1, RegId(2)).is_some());
     }
 
     #[test]

@@ -110,11 +110,17 @@ fn line_soup() -> impl Strategy<Value = String> {
 fn check(src: &str, sets: &[(String, String)]) {
     match load_program("fuzz.icl", src, sets) {
         Ok(p) => {
-            // An accepted program is well formed: ids in range, scalar output, dense coefs.
+            // An accepted program is well formed: every IR invariant holds, and (checked here
+            // independently) ids are in range, the output is scalar, aff coefficients dense.
+            if let Err(e) = icl::ir::validate(&p) {
+                panic!("the front end accepted a program the IR validator rejects: {e}\n{src}");
+            }
             let nr = p.registers.len();
-            assert!(p.output < nr && p.reg(p.output).shape.is_scalar());
+            assert!(p.output.index() < nr && p.reg(p.output).shape.is_scalar());
             for op in &p.ops {
-                assert!(op.kind.dst() < nr && op.kind.reads().iter().all(|&r| r < nr));
+                assert!(
+                    op.kind.dst().index() < nr && op.kind.reads().iter().all(|&r| r.index() < nr)
+                );
                 if let icl::ir::OpKind::Aff { dst, terms, bias } = &op.kind {
                     let ds = p.reg(*dst).shape.size();
                     assert_eq!(bias.len(), ds);

@@ -45,7 +45,7 @@ impl B {
                 registers,
                 ops: vec![],
                 assumptions: vec![],
-                output: 0,
+                output: RegId(0),
             },
             line: 0,
         }
@@ -61,7 +61,7 @@ impl B {
             pinned: None,
             span: Span::default(),
         });
-        self.p.registers.len() - 1
+        RegId(self.p.registers.len() - 1)
     }
     fn span(&mut self) -> Span {
         self.line += 1;

@@ -6,6 +6,7 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use icl::model::config::*;
+use icl::model::schema::Weights;
 use icl::model::{expected_tensors, save_model_dir, Transformer};
 use icl::prompt::{Prompt, PromptDistribution};
 use icl::tensors::{self, NamedTensors, RawTensor};
@@ -198,32 +199,36 @@ fn hand_built_previous_column_and_bilinear_product() {
         .into_iter()
         .map(|(n, s)| (n, RawTensor::zeros(&s)))
         .collect();
-    let e = t.get_mut("embed.weight").unwrap();
+    let spec = Weights::spec(&c);
+    let (attn, mlp) = (
+        spec.layers[0].attn.as_ref().unwrap(),
+        spec.layers[0].mlp.as_ref().unwrap(),
+    );
+    let gate = mlp.gate.as_ref().unwrap();
+    let e = t.get_mut(&spec.embed.weight.name).unwrap();
     for i in 0..3 {
         e.set2(i, i, 1.0);
     }
-    t.get_mut("embed.bias").unwrap().data[4] = 1.0;
-    let b = t.get_mut("layers.0.attn.bias").unwrap();
+    t.get_mut(&spec.embed.bias.name).unwrap().data[4] = 1.0;
+    let b = t.get_mut(&attn.bias.as_ref().unwrap().name).unwrap();
     for q in 0..ml {
         for k in 0..=ml {
             let allowed = if q == 0 { k == ml } else { k == q - 1 };
             b.data[q * (ml + 1) + k] = if allowed { 0.0 } else { NEG };
         }
     }
-    let v = t.get_mut("layers.0.attn.v.weight").unwrap();
+    let v = t.get_mut(&attn.v.weight.name).unwrap();
     for i in 0..w {
         v.set2(i, i, 1.0);
     }
-    t.get_mut("layers.0.attn.o.weight").unwrap().set2(3, 1, 1.0);
-    t.get_mut("layers.0.mlp.gate.weight")
+    t.get_mut(&attn.o.weight.name).unwrap().set2(3, 1, 1.0);
+    t.get_mut(&gate.weight.name).unwrap().set2(0, 1, 1.0);
+    t.get_mut(&gate.bias.name).unwrap().data[0] = 0.5;
+    t.get_mut(&mlp.up.weight.name).unwrap().set2(0, 3, 1.0);
+    t.get_mut(&mlp.down.weight.name).unwrap().set2(5, 0, 1.0);
+    t.get_mut(&spec.readout.weight.name)
         .unwrap()
-        .set2(0, 1, 1.0);
-    t.get_mut("layers.0.mlp.gate.bias").unwrap().data[0] = 0.5;
-    t.get_mut("layers.0.mlp.up.weight").unwrap().set2(0, 3, 1.0);
-    t.get_mut("layers.0.mlp.down.weight")
-        .unwrap()
-        .set2(5, 0, 1.0);
-    t.get_mut("readout.weight").unwrap().set2(0, 5, 1.0);
+        .set2(0, 5, 1.0);
     let dir = tempfile::tempdir().unwrap();
     save_model_dir(dir.path(), &c, &t).unwrap();
     let m = Transformer::load(dir.path(), &Device::Cpu, None).unwrap();
@@ -272,23 +277,28 @@ fn layernorm_with_eps_zero_divides_by_the_standard_deviation() {
         .into_iter()
         .map(|(n, s)| (n, RawTensor::zeros(&s)))
         .collect();
+    let spec = Weights::spec(&c);
+    let (norm, mlp) = (
+        spec.layers[0].norm.as_ref().unwrap(),
+        spec.layers[0].mlp.as_ref().unwrap(),
+    );
     // Row 0 = x, row 1 = −x.
-    t.get_mut("embed.weight").unwrap().set2(0, 1, 1.0);
-    t.get_mut("embed.weight").unwrap().set2(1, 1, -1.0);
-    t.get_mut("layers.0.norm.weight")
+    t.get_mut(&spec.embed.weight.name).unwrap().set2(0, 1, 1.0);
+    t.get_mut(&spec.embed.weight.name).unwrap().set2(1, 1, -1.0);
+    t.get_mut(&norm.weight.name)
         .unwrap()
         .data
         .iter_mut()
         .for_each(|v| *v = 1.0);
     // MLP: gate = normalized row 0, up = 1 (bias) → writes LN(h)[0] into row 3.
-    t.get_mut("layers.0.mlp.gate.weight")
+    t.get_mut(&mlp.gate.as_ref().unwrap().weight.name)
         .unwrap()
         .set2(0, 0, 1.0);
-    t.get_mut("layers.0.mlp.up.bias").unwrap().data[0] = 1.0;
-    t.get_mut("layers.0.mlp.down.weight")
+    t.get_mut(&mlp.up.bias.name).unwrap().data[0] = 1.0;
+    t.get_mut(&mlp.down.weight.name).unwrap().set2(3, 0, 1.0);
+    t.get_mut(&spec.readout.weight.name)
         .unwrap()
-        .set2(3, 0, 1.0);
-    t.get_mut("readout.weight").unwrap().set2(0, 3, 1.0);
+        .set2(0, 3, 1.0);
     let dir = tempfile::tempdir().unwrap();
     save_model_dir(dir.path(), &c, &t).unwrap();
     let m = Transformer::load(dir.path(), &Device::Cpu, None).unwrap();
@@ -320,6 +330,8 @@ fn load_err(dir: &Path) -> String {
 fn load_errors_name_what_is_wrong() {
     let c = full_config();
     let t = random_tensors(&c, 2);
+    let spec = Weights::spec(&c);
+    let attn = |l: usize| spec.layers[l].attn.as_ref().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
 
@@ -338,31 +350,43 @@ fn load_errors_name_what_is_wrong() {
 
     // Missing tensor.
     let mut t2 = t.clone();
-    t2.remove("layers.1.attn.q.weight");
+    let q1 = &attn(1).q.as_ref().unwrap().weight.name;
+    t2.remove(q1);
     write_dir(p, &c, &t2, DType::F64);
     let e = load_err(p);
     assert!(
-        e.contains("missing tensor `layers.1.attn.q.weight`") && e.contains("[4, 6]"),
+        e.contains(&format!("missing tensor `{q1}`")) && e.contains("[4, 6]"),
         "{e}"
     );
 
     // Extra tensor.
     let mut t2 = t.clone();
-    t2.insert("layers.0.attn.q.weight".into(), RawTensor::zeros(&[6, 6]));
+    // Layer 0 has no Q/K: its query weight is the one a Q/K layer 0 would have.
+    let mut with_qk = c.clone();
+    with_qk.layers[0].attn.as_mut().unwrap().qk = true;
+    let q0 = Weights::spec(&with_qk).layers[0]
+        .attn
+        .as_ref()
+        .unwrap()
+        .q
+        .as_ref()
+        .unwrap()
+        .weight
+        .name
+        .clone();
+    t2.insert(q0.clone(), RawTensor::zeros(&[6, 6]));
     write_dir(p, &c, &t2, DType::F64);
     let e = load_err(p);
-    assert!(
-        e.contains("unexpected tensor `layers.0.attn.q.weight`"),
-        "{e}"
-    );
+    assert!(e.contains(&format!("unexpected tensor `{q0}`")), "{e}");
 
     // Wrong shape.
     let mut t2 = t.clone();
-    t2.insert("layers.2.attn.bias".into(), RawTensor::zeros(&[3, 9, 9]));
+    let bias2 = &attn(2).bias.as_ref().unwrap().name;
+    t2.insert(bias2.clone(), RawTensor::zeros(&[3, 9, 9]));
     write_dir(p, &c, &t2, DType::F64);
     let e = load_err(p);
     assert!(
-        e.contains("`layers.2.attn.bias`") && e.contains("[3, 9, 9]") && e.contains("[3, 9, 10]"),
+        e.contains(&format!("`{bias2}`")) && e.contains("[3, 9, 9]") && e.contains("[3, 9, 10]"),
         "{e}"
     );
 
@@ -377,7 +401,9 @@ fn load_errors_name_what_is_wrong() {
     write_dir(p, &c2, &t, DType::F64);
     let e = load_err(p);
     assert!(
-        e.contains("`embed.bias`") && e.contains("expected [7]") && e.contains("shape [6]"),
+        e.contains(&format!("`{}`", spec.embed.bias.name))
+            && e.contains("expected [7]")
+            && e.contains("shape [6]"),
         "{e}"
     );
 

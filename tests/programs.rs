@@ -11,7 +11,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use icl::interp::{run_exact, run_f64, InterpError};
-use icl::ir::Program;
+use icl::ir::{Program, RegMap};
 use icl::prompt::{Prompt, PromptDistribution};
 use icl::solvers::Solver;
 use num_traits::ToPrimitive;
@@ -321,7 +321,7 @@ fn measure_max_errors() {
 /// Longest chain of data dependences (each op one step after the last writers of what it
 /// reads) in the unrolled program.
 fn dependence_depth(p: &Program) -> usize {
-    let mut level = vec![0usize; p.registers.len()];
+    let mut level = RegMap::filled(p, 0usize);
     let mut depth = 0;
     for op in &p.ops {
         let l = 1 + op.kind.reads().iter().map(|&r| level[r]).max().unwrap_or(0);

@@ -52,7 +52,7 @@ fn run() -> Result<()> {
         };
         sets.push((k.trim().to_string(), v.trim().to_string()));
     }
-    let dtype: DType = args.dtype.parse().map_err(anyhow::Error::msg)?;
+    let dtype: DType = args.dtype.parse()?;
     let out = args.out.clone().unwrap_or_else(|| {
         let stem = args
             .program

@@ -12,14 +12,23 @@
 //! (overwrite); the attention half of `div dst <- num / |den|` adds M_self[p1, den] = P,
 //! M_self[p1, p1] = −1, M_self[p2, den] = −P, M_self[p2, p2] = −1, M_self[dst_e, dst_e] = −1.
 //! Every coefficient is compared exactly; rows no operation writes must get M = 0.
+//!
+//! [`check_attention`] derives the normal form from the weights ([`derive`]), builds the
+//! expected one from the placed operations ([`expected`]) and compares them
+//! ([`super::coeffs::compare`]).
 
+use super::coeffs::{add, compare, Coeffs};
+use super::div::check_layout_constant;
+use super::error::{CertifyError, Part};
 use super::exact::Dy;
-use super::{check_disjoint, check_operand, writer_of, CertifyError, Content, Ctx, Part, RowState};
-use crate::ir::{OpKind, Pattern};
-use crate::layout::{OpPart, PlacedOp};
+use super::state::{check_operand, Content, Ctx, RowState, Step};
+use super::structure::check_disjoint;
+use super::weights::Stored;
+use crate::ir::{OpKind, Pattern, RegId};
+use crate::layout::{DivConstants, OpPart, PlacedOp};
 use crate::model::config::AttnConfig;
+use crate::model::schema::Attention;
 use std::collections::HashMap;
-
 /// One query row of an attention matrix: the real keys attended (uniformly) and the number of
 /// keys sharing the weight (null key included); `(vec![], 0)` when only the null key is read.
 pub type PatRow = (Vec<u32>, u32);
@@ -58,336 +67,349 @@ fn describe_row(r: &PatRow) -> String {
     format!("keys {{{}}} with weight 1/{}", keys.join(", "), r.1)
 }
 
-/// Check layer `l`'s attention against its placed operations and advance `state`.
-pub fn check_attention(
-    ctx: &Ctx,
-    l: usize,
-    ac: &AttnConfig,
-    ops: &[PlacedOp],
-    state: &mut [RowState],
-) -> Result<Option<PrepInfo>, CertifyError> {
-    let p = ctx.p;
-    let w = ctx.width;
-    let part = Part::Attention;
-    let first_op = ops.first().map(|o| o.op);
-    if ac.qk {
-        return Err(ctx.op_err(
-            l,
-            Part::Layer,
-            first_op,
-            "Q/K attention — no exact normal form; use the paper target's bounds".into(),
-        ));
-    }
-    if ac.momentum.is_some() {
-        return Err(ctx.op_err(
-            l,
-            Part::Layer,
-            first_op,
-            "momentum attention — no exact normal form".into(),
-        ));
-    }
-    check_disjoint(ctx, l, part, ops)?;
-    for po in ops {
-        match &p.ops[po.op].kind {
-            OpKind::Mov { src, .. } => check_operand(ctx, l, part, po.op, *src, state)?,
-            OpKind::Div { den, .. } => check_operand(ctx, l, part, po.op, *den, state)?,
-            _ => unreachable!("checked by check_placements"),
-        }
-    }
-    let (heads, hd) = (ac.heads, ac.head_dim);
-    let inner = heads * hd;
-    let pre = format!("layers.{l}.attn");
-    let vw = ctx.tensor(&format!("{pre}.v.weight"), &[inner, w])?;
-    let vb = ctx.tensor(&format!("{pre}.v.bias"), &[inner])?;
-    let ow = ctx.tensor(&format!("{pre}.o.weight"), &[w, inner])?;
-    let ob = ctx.tensor(&format!("{pre}.o.bias"), &[w])?;
-    let cols = ctx.cols;
-    let writer = writer_of(ctx, ops);
-    let row_name = |r: usize| -> String {
-        match writer.get(&r) {
-            Some(&k) => {
-                let dst = p.ops[k].kind.dst();
-                let s = ctx.start[dst];
-                if r >= s && r < s + p.reg(dst).shape.size() {
-                    format!("row {r} ({})", ctx.elem_name(dst, r - s))
-                } else {
-                    format!("row {r} (division payload)")
-                }
-            }
-            None => ctx.content_name(r, &state[r].content),
-        }
-    };
-    let fail = |r: usize, msg: String| ctx.op_err(l, part, writer.get(&r).copied(), msg);
+/// The attention matrices met in one layer, interned in order of first appearance, with the
+/// name the program gives those an operation uses (`self`, `prev`, `mean(y)`, …).
+#[derive(Default)]
+struct Patterns {
+    keys: Vec<PatKey>,
+    ids: HashMap<PatKey, usize>,
+    names: Vec<Option<String>>,
+}
 
-    // Attention matrix of every head.
-    let mut keys: Vec<PatKey> = Vec::new();
-    let mut key_id: HashMap<PatKey, usize> = HashMap::new();
-    let mut key_name: Vec<Option<String>> = Vec::new();
-    let mut intern = |k: PatKey, keys: &mut Vec<PatKey>, names: &mut Vec<Option<String>>| {
-        *key_id.entry(k.clone()).or_insert_with(|| {
+impl Patterns {
+    fn intern(&mut self, k: PatKey) -> usize {
+        let (keys, names) = (&mut self.keys, &mut self.names);
+        *self.ids.entry(k.clone()).or_insert_with(|| {
             keys.push(k);
             names.push(None);
             keys.len() - 1
         })
-    };
-    let bias = if ac.bias {
-        Some(ctx.tensor(&format!("{pre}.bias"), &[heads, cols, cols + 1])?)
-    } else {
-        None
-    };
-    let mut head_key = Vec::with_capacity(heads);
-    for h in 0..heads {
-        let mut key = Vec::with_capacity(cols);
-        for t in 0..cols {
-            let score = |s: usize| -> Result<bool, CertifyError> {
-                let v = match bias {
-                    Some(b) => b.data[(h * cols + t) * (cols + 1) + s],
-                    None => 0.0,
-                };
-                if v == 0.0 {
-                    Ok(true)
-                } else if v == f64::NEG_INFINITY {
-                    Ok(false)
-                } else {
-                    Err(ctx.op_err(
-                        l,
-                        part,
-                        first_op,
-                        format!(
-                            "{pre}.bias[{h}, {t}, {s}] is {v}: only 0 and −inf give an exact \
-                             (uniform) softmax"
-                        ),
-                    ))
-                }
-            };
-            let mut real = Vec::new();
-            for s in 0..=t {
-                if score(s)? {
-                    real.push(s as u32);
-                }
-            }
-            let null = ac.zero_attn && score(cols)?;
-            let count = real.len() as u32 + null as u32;
-            if count == 0 {
-                return Err(ctx.op_err(
-                    l,
-                    part,
-                    first_op,
-                    format!(
-                        "head {h}, query column {t}: every allowed key has score −inf (the \
-                         softmax is undefined)"
-                    ),
-                ));
-            }
-            key.push(if real.is_empty() {
-                (vec![], 0)
-            } else {
-                (real, count)
-            });
-        }
-        head_key.push(intern(key, &mut keys, &mut key_name));
     }
+}
 
-    // b_O = 0.
-    for r in 0..w {
-        if ob.data[r] != 0.0 {
-            return Err(fail(
-                r,
+/// A coefficient of the attention normal form: M_P[row, source row], keyed (row, P, source).
+type MTerm = (usize, usize, usize);
+
+/// Check layer `l`'s attention against its placed operations and advance `state`: derive the
+/// normal form from the weights, build the expected one from the operations, compare.
+pub fn check_attention(
+    ctx: &Ctx,
+    l: usize,
+    ac: &AttnConfig,
+    aw: &Attention<Stored>,
+    ops: &[PlacedOp],
+    state: &mut [RowState],
+) -> Result<Option<PrepInfo>, CertifyError> {
+    let step = Step::new(ctx, l, Part::Attention, ops);
+    require_exact_form(&step, ac)?;
+    check_disjoint(ctx, l, step.part, ops)?;
+    for po in ops {
+        match &ctx.p.ops[po.op].kind {
+            OpKind::Mov { src, .. } => check_operand(ctx, l, step.part, po.op, *src, state)?,
+            OpKind::Div { den, .. } => check_operand(ctx, l, step.part, po.op, *den, state)?,
+            _ => unreachable!("checked by check_placements"),
+        }
+    }
+    let mut pats = Patterns::default();
+    let head_key = (0..ac.heads)
+        .map(|h| Ok(pats.intern(head_pattern(&step, ac, aw.bias.as_ref(), h)?)))
+        .collect::<Result<Vec<usize>, CertifyError>>()?;
+    let derived = derive(&step, ac, aw, &head_key, state)?;
+    let expected = expected(&step, &derived, &mut pats)?;
+    compare_forms(&step, &derived, &expected, &pats, &head_key, state)?;
+    advance(ctx, ops, state);
+    Ok(expected.prep)
+}
+
+/// Only fixed patterns have an exact normal form: no Q/K projections, no momentum.
+fn require_exact_form(step: &Step, ac: &AttnConfig) -> Result<(), CertifyError> {
+    let whole_layer = |msg: &str| {
+        step.ctx
+            .op_err(step.layer, Part::Layer, step.first_op(), msg.into())
+    };
+    if ac.qk {
+        return Err(whole_layer(
+            "Q/K attention — no exact normal form; use the paper target's bounds",
+        ));
+    }
+    if ac.momentum.is_some() {
+        return Err(whole_layer("momentum attention — no exact normal form"));
+    }
+    Ok(())
+}
+
+/// Head `h`'s attention matrix, from its additive bias (none: every score 0). Scores of 0 and
+/// −∞ only: query t then attends uniformly the keys s ≤ t with score 0 (and the null key when
+/// `zero_attn` and its score is 0); at least one key must be allowed.
+fn head_pattern(
+    step: &Step,
+    ac: &AttnConfig,
+    bias: Option<&Stored>,
+    h: usize,
+) -> Result<PatKey, CertifyError> {
+    let cols = step.ctx.cols;
+    let mut key = Vec::with_capacity(cols);
+    for t in 0..cols {
+        let score = |s: usize| -> Result<bool, CertifyError> {
+            let v = bias.map_or(0.0, |b| b.data[(h * cols + t) * (cols + 1) + s]);
+            if v == 0.0 {
+                Ok(true)
+            } else if v == f64::NEG_INFINITY {
+                Ok(false)
+            } else {
+                let name = &bias.expect("a non-zero score comes from a bias").name;
+                Err(step.err(
+                    step.first_op(),
+                    format!(
+                        "{name}[{h}, {t}, {s}] is {v}: only 0 and −inf give an exact (uniform) \
+                         softmax"
+                    ),
+                ))
+            }
+        };
+        let mut real = Vec::new();
+        for s in 0..=t {
+            if score(s)? {
+                real.push(s as u32);
+            }
+        }
+        let null = ac.zero_attn && score(cols)?;
+        let count = real.len() as u32 + null as u32;
+        if count == 0 {
+            return Err(step.err(
+                step.first_op(),
                 format!(
-                    "{pre}.o.bias[{r}] is {}, expected 0 ({})",
-                    ob.data[r],
-                    row_name(r)
+                    "head {h}, query column {t}: every allowed key has score −inf (the softmax \
+                     is undefined)"
                 ),
             ));
         }
+        key.push(if real.is_empty() {
+            (vec![], 0)
+        } else {
+            (real, count)
+        });
     }
-    // Sparse W_V rows, W_O columns (exact).
-    let vrows = super::sparse_rows(&format!("{pre}.v.weight"), vw)?;
-    let orows = super::sparse_rows(&format!("{pre}.o.weight"), ow)?;
-    let mut ocols: Vec<Vec<(usize, Dy)>> = vec![Vec::new(); inner];
-    for (r, row) in orows.into_iter().enumerate() {
-        for (j, v) in row {
-            ocols[j].push((r, v));
-        }
-    }
-    let vbias = super::exact_vec(&format!("{pre}.v.bias"), vb)?;
-    // W_O^h b_V^h = 0 for every head.
-    for h in 0..heads {
-        let mut acc: HashMap<usize, Dy> = HashMap::new();
-        for j in h * hd..(h + 1) * hd {
-            if vbias[j].is_zero() {
-                continue;
-            }
+    Ok(key)
+}
+
+/// How a message names row `r` of this layer: what the step writes there, else what it holds.
+fn row_name(step: &Step, state: &[RowState], r: usize) -> String {
+    step.written_name(r)
+        .unwrap_or_else(|| step.ctx.content_name(r, &state[r].content))
+}
+
+/// The normal form the weights compute: b_O = 0 and W_O^h b_V^h = 0 checked (no constant
+/// term), then M_P[r, c] = Σ_{h : p_h = P} Σ_{j ∈ h} W_O[r, j] W_V[j, c].
+fn derive(
+    step: &Step,
+    ac: &AttnConfig,
+    aw: &Attention<Stored>,
+    head_key: &[usize],
+    state: &[RowState],
+) -> Result<Coeffs<MTerm>, CertifyError> {
+    let none = Coeffs::new();
+    let ob: Coeffs<usize> = aw.o.bias.exact_vec()?.into_iter().enumerate().collect();
+    compare(
+        &ob,
+        &none,
+        |_| (),
+        |m, _| {
+            let r = m.term;
+            let msg = format!(
+                "{}[{r}] is {}, expected 0 ({})",
+                aw.o.bias.name,
+                m.got.to_f64(),
+                row_name(step, state, r)
+            );
+            step.row_err(r, msg)
+        },
+    )?;
+    let vrows = aw.v.weight.sparse_rows()?;
+    let ocols = aw.o.weight.sparse_cols()?;
+    let vbias = aw.v.bias.exact_vec()?;
+    let hd = ac.head_dim;
+    for h in 0..ac.heads {
+        let mut constant: Coeffs<usize> = Coeffs::new();
+        for j in (h * hd..(h + 1) * hd).filter(|&j| !vbias[j].is_zero()) {
             for (r, o) in &ocols[j] {
-                acc.entry(*r).or_default().add_assign(&o.mul(&vbias[j]));
+                add(&mut constant, *r, &o.mul(&vbias[j]));
             }
         }
-        let mut bad: Vec<(usize, Dy)> = acc.into_iter().filter(|(_, v)| !v.is_zero()).collect();
-        bad.sort_by_key(|x| x.0);
-        if let Some((r, v)) = bad.first() {
-            return Err(fail(
-                *r,
-                format!(
-                    "head {h} adds the constant W_O·b_V = {v} to {} (value bias not cancelled)",
-                    row_name(*r)
-                ),
-            ));
-        }
+        compare(
+            &constant,
+            &none,
+            |_| (),
+            |m, _| {
+                let msg = format!(
+                    "head {h} adds the constant W_O·b_V = {} to {} (value bias not cancelled)",
+                    m.got,
+                    row_name(step, state, m.term)
+                );
+                step.row_err(m.term, msg)
+            },
+        )?;
     }
-    // Derived M_P.
-    let mut derived: Vec<HashMap<(usize, usize), Dy>> = vec![HashMap::new(); keys.len()];
-    for h in 0..heads {
-        let m = &mut derived[head_key[h]];
+    let mut m = Coeffs::new();
+    for (h, &kid) in head_key.iter().enumerate() {
         for j in h * hd..(h + 1) * hd {
             for (r, o) in &ocols[j] {
                 for (c, v) in &vrows[j] {
-                    m.entry((*r, *c)).or_default().add_assign(&o.mul(v));
+                    add(&mut m, (*r, kid, *c), &o.mul(v));
                 }
             }
         }
     }
+    Ok(m)
+}
 
-    // Expected M_P.
-    let sk = intern(self_key(cols), &mut keys, &mut key_name);
-    key_name[sk] = Some("self".into());
-    let mut expected: Vec<HashMap<(usize, usize), Dy>> = Vec::new();
-    let add =
-        |expected: &mut Vec<HashMap<(usize, usize), Dy>>, k: usize, r: usize, c: usize, v: Dy| {
-            if expected.len() <= k {
-                expected.resize(k + 1, HashMap::new());
-            }
-            expected[k].entry((r, c)).or_default().add_assign(&v);
-        };
-    let mut prep = None;
-    // The pattern each written row is expected to read through (for messages).
-    let mut row_key: HashMap<usize, usize> = HashMap::new();
-    for po in ops {
-        let k = po.op;
-        match &p.ops[k].kind {
+/// The normal form the step's operations call for, with what a division's attention half
+/// leaves for its MLP half.
+struct Expected {
+    form: Coeffs<MTerm>,
+    /// The pattern each row a `mov` writes is expected to read through (for messages).
+    row_key: HashMap<usize, usize>,
+    prep: Option<PrepInfo>,
+}
+
+/// The expected normal form: per operation, `mov dst <- src from Pat` adds M_Pat[dst_e, src_e]
+/// = 1 and M_self[dst_e, dst_e] = −1; a division's attention half is [`expect_div_prep`].
+fn expected(
+    step: &Step,
+    derived: &Coeffs<MTerm>,
+    pats: &mut Patterns,
+) -> Result<Expected, CertifyError> {
+    let (ctx, cols) = (step.ctx, step.ctx.cols);
+    let sk = pats.intern(self_key(cols));
+    pats.names[sk] = Some("self".into());
+    let mut out = Expected {
+        form: Coeffs::new(),
+        row_key: HashMap::new(),
+        prep: None,
+    };
+    for po in step.ops {
+        match &ctx.p.ops[po.op].kind {
             OpKind::Mov { dst, src, pattern } => {
-                let pk = intern(pattern_key(*pattern, cols), &mut keys, &mut key_name);
-                key_name[pk].get_or_insert_with(|| pattern.to_string());
-                for e in 0..p.reg(*dst).shape.size() {
+                let pk = pats.intern(pattern_key(*pattern, cols));
+                pats.names[pk].get_or_insert_with(|| pattern.to_string());
+                for e in 0..ctx.p.reg(*dst).shape.size() {
                     let (rd, rs) = (ctx.row(*dst, e), ctx.row(*src, e));
-                    add(&mut expected, pk, rd, rs, Dy::int(1));
-                    add(&mut expected, sk, rd, rd, Dy::int(-1));
-                    row_key.insert(rd, pk);
+                    add(&mut out.form, (rd, pk, rs), &Dy::int(1));
+                    add(&mut out.form, (rd, sk, rd), &Dy::int(-1));
+                    out.row_key.insert(rd, pk);
                 }
             }
             OpKind::Div { dst, den, .. } => {
                 debug_assert_eq!(po.part, OpPart::DivPrep);
-                let pl = ctx.layout.div_payload.expect("checked by check_disjoint");
-                let rden = ctx.row(*den, 0);
-                // P is read from the weights; the rest of the expected form is fixed by it.
-                let scale = derived
-                    .get(sk)
-                    .and_then(|m| m.get(&(pl[0], rden)))
-                    .cloned()
-                    .unwrap_or_default();
-                if !scale.is_positive() {
-                    return Err(ctx.op_err(
-                        l,
-                        part,
-                        Some(k),
-                        format!(
-                            "payload row {} gets {scale}·den; the LayerNorm division needs a \
-                             payload scale P > 0",
-                            pl[0]
-                        ),
-                    ));
-                }
-                let dc = ctx.layout.div_constants.iter().find(|c| c.layer == l);
-                match dc.map(|c| Dy::from_f64(c.payload_scale)) {
-                    Some(Some(v)) if v == scale => {}
-                    other => {
-                        return Err(ctx.op_err(
-                            l,
-                            part,
-                            Some(k),
-                            format!(
-                                "layout.json div_constants give payload scale {:?} for this \
-                                 layer; the weights have {scale}",
-                                other.flatten().map(|v| v.to_string())
-                            ),
-                        ))
-                    }
-                }
-                add(&mut expected, sk, pl[0], rden, scale.clone());
-                add(&mut expected, sk, pl[0], pl[0], Dy::int(-1));
-                add(&mut expected, sk, pl[1], rden, scale.neg());
-                add(&mut expected, sk, pl[1], pl[1], Dy::int(-1));
-                for e in 0..p.reg(*dst).shape.size() {
-                    let rd = ctx.row(*dst, e);
-                    add(&mut expected, sk, rd, rd, Dy::int(-1));
-                }
-                prep = Some(PrepInfo { op: k, scale });
+                let scale = expect_div_prep(step, po.op, *dst, *den, sk, derived, &mut out.form)?;
+                out.prep = Some(PrepInfo { op: po.op, scale });
             }
             _ => unreachable!("checked by check_placements"),
         }
     }
-    expected.resize(keys.len(), HashMap::new());
-    derived.resize(keys.len(), HashMap::new());
+    Ok(out)
+}
 
-    // Compare coefficient by coefficient.
-    let mut bad: Vec<(usize, usize, usize, Dy, Dy)> = Vec::new();
-    for kid in 0..keys.len() {
-        let (d, e) = (&derived[kid], &expected[kid]);
-        for (rc, dv) in d {
-            let ev = e.get(rc).cloned().unwrap_or_default();
-            if *dv != ev {
-                bad.push((rc.0, kid, rc.1, dv.clone(), ev));
-            }
-        }
-        for (rc, ev) in e {
-            if !d.contains_key(rc) && !ev.is_zero() {
-                bad.push((rc.0, kid, rc.1, Dy::zero(), ev.clone()));
-            }
-        }
+/// The attention half of `div dst <- num / |den|` (operation `k`, self pattern `sk`): payload
+/// rows p1, p2 get +P·den and −P·den (overwriting), dst is cleared: M_self[p1, den] = P,
+/// M_self[p1, p1] = −1, M_self[p2, den] = −P, M_self[p2, p2] = −1, M_self[dst_e, dst_e] = −1.
+/// P is read from the weights (it must be positive and be layout.json's payload scale); the
+/// rest of the form is fixed by it. Returns P.
+fn expect_div_prep(
+    step: &Step,
+    k: usize,
+    dst: RegId,
+    den: RegId,
+    sk: usize,
+    derived: &Coeffs<MTerm>,
+    form: &mut Coeffs<MTerm>,
+) -> Result<Dy, CertifyError> {
+    let ctx = step.ctx;
+    let pl = ctx.layout.div_payload.expect("checked by check_disjoint");
+    let rden = ctx.row(den, 0);
+    let scale = derived.get(&(pl[0], sk, rden)).cloned().unwrap_or_default();
+    if !scale.is_positive() {
+        return Err(step.err(
+            Some(k),
+            format!(
+                "payload row {} gets {scale}·den; the LayerNorm division needs a payload scale \
+                 P > 0",
+                pl[0]
+            ),
+        ));
     }
-    // Rows an operation of this layer writes first (the most specific message), then the rest.
-    bad.sort_by_key(|a| (!writer.contains_key(&a.0), a.0, a.1, a.2));
-    if let Some((r, kid, c, got, want)) = bad.first() {
-        let heads_of: Vec<usize> = (0..heads).filter(|&h| head_key[h] == *kid).collect();
-        let pname = match &key_name[*kid] {
+    let recorded = |c: &DivConstants| Dy::from_f64(c.payload_scale);
+    check_layout_constant(step, k, "payload scale", recorded, &scale)?;
+    add(form, (pl[0], sk, rden), &scale);
+    add(form, (pl[0], sk, pl[0]), &Dy::int(-1));
+    add(form, (pl[1], sk, rden), &scale.neg());
+    add(form, (pl[1], sk, pl[1]), &Dy::int(-1));
+    for rd in ctx.rows(dst) {
+        add(form, (rd, sk, rd), &Dy::int(-1));
+    }
+    Ok(scale)
+}
+
+/// Compare coefficient by coefficient: rows an operation of this layer writes first (the most
+/// specific message), then the rest. The message names the row, what it reads, the pattern
+/// (for a pattern no operation uses: where it differs from the expected one) and the
+/// coefficients.
+fn compare_forms(
+    step: &Step,
+    derived: &Coeffs<MTerm>,
+    expected: &Expected,
+    pats: &Patterns,
+    head_key: &[usize],
+    state: &[RowState],
+) -> Result<(), CertifyError> {
+    let rank = |t: &MTerm| !step.writer.contains_key(&t.0);
+    compare(derived, &expected.form, rank, |m, n| {
+        let (r, kid, c) = m.term;
+        let heads_of: Vec<usize> = (0..head_key.len())
+            .filter(|&h| head_key[h] == kid)
+            .collect();
+        let pname = match &pats.names[kid] {
             Some(n) => format!("pattern {n}"),
             None => format!("the attention pattern of head(s) {heads_of:?}"),
         };
         let mut msg = format!(
-            "{} reads {} through {pname} with coefficient {got}, expected {want}",
-            row_name(*r),
-            ctx.content_name(*c, &state[*c].content),
+            "{} reads {} through {pname} with coefficient {}, expected {}",
+            row_name(step, state, r),
+            step.ctx.content_name(c, &state[c].content),
+            m.got,
+            m.want
         );
-        if key_name[*kid].is_none() {
+        if pats.names[kid].is_none() {
             msg.push_str(" — a pattern no operation of this layer uses");
-            if let Some(&ek) = row_key.get(r) {
-                if let Some(t) = (0..cols).find(|&t| keys[*kid][t] != keys[ek][t]) {
+            if let Some(&ek) = expected.row_key.get(&r) {
+                let (got, want) = (&pats.keys[kid], &pats.keys[ek]);
+                if let Some(t) = (0..step.ctx.cols).find(|&t| got[t] != want[t]) {
                     msg.push_str(&format!(
                         "; at query column {t} it attends {}, pattern {} attends {}",
-                        describe_row(&keys[*kid][t]),
-                        key_name[ek].as_deref().unwrap_or("?"),
-                        describe_row(&keys[ek][t])
+                        describe_row(&got[t]),
+                        pats.names[ek].as_deref().unwrap_or("?"),
+                        describe_row(&want[t])
                     ));
                 }
             }
         }
-        if bad.len() > 1 {
-            msg.push_str(&format!(
-                " ({} coefficients differ in this layer)",
-                bad.len()
-            ));
+        if n > 1 {
+            msg.push_str(&format!(" ({n} coefficients differ in this layer)"));
         }
-        return Err(fail(*r, msg));
-    }
+        step.row_err(r, msg)
+    })
+}
 
-    // Advance the symbolic state.
+/// Advance the symbolic state: a `mov` writes its destination (a mean of values each within ε
+/// of the program's is within ε; the null key gives exactly 0); a division's attention half
+/// clears its destination and fills the payload rows.
+fn advance(ctx: &Ctx, ops: &[PlacedOp], state: &mut [RowState]) {
     let before = state.to_vec();
     for po in ops {
         let k = po.op;
-        match &p.ops[k].kind {
+        match &ctx.p.ops[k].kind {
             OpKind::Mov { dst, src, .. } => {
-                for e in 0..p.reg(*dst).shape.size() {
-                    // A mean of values each within ε of the program's is within ε; the null
-                    // key gives exactly 0.
+                for e in 0..ctx.p.reg(*dst).shape.size() {
                     state[ctx.row(*dst, e)] = RowState {
                         content: Content::Val {
                             reg: *dst,
@@ -399,22 +421,20 @@ pub fn check_attention(
                 }
             }
             OpKind::Div { dst, .. } => {
-                for e in 0..p.reg(*dst).shape.size() {
-                    state[ctx.row(*dst, e)] = RowState {
+                for rd in ctx.rows(*dst) {
+                    state[rd] = RowState {
                         content: Content::Cleared(k),
                         err: 0.0,
                     };
                 }
-                let pl = ctx.layout.div_payload.expect("checked");
-                for r in pl {
+                for r in ctx.layout.div_payload.expect("checked by check_disjoint") {
                     state[r] = RowState {
                         content: Content::Payload(k),
                         err: 0.0,
                     };
                 }
             }
-            _ => unreachable!(),
+            _ => unreachable!("checked by check_placements"),
         }
     }
-    Ok(prep)
 }

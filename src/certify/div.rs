@@ -14,11 +14,14 @@
 
 use super::bound::{add_up, div_up, mul_up};
 use super::exact::{q, rational_upper, Dy};
+use super::state::Step;
 use super::{
     attn::PrepInfo, mlp::ApplyInfo, CertifyError, Content, Ctx, ExtF64, LayerCertificate, Part,
     RangeValue, RowState, Verdict,
 };
 use crate::ir::OpKind;
+use crate::layout::DivConstants;
+use crate::ranges::Interval;
 use num_rational::BigRational;
 use num_traits::{One, Signed};
 
@@ -48,6 +51,56 @@ pub fn relative_bound(
     Some(rational_upper(&eps))
 }
 
+/// A constant of layer `step`'s division `k` as layout.json's `div_constants` record it
+/// (`recorded`; `None`: not a finite number), checked to equal the one its weights have.
+pub fn check_layout_constant(
+    step: &Step,
+    k: usize,
+    what: &str,
+    recorded: impl Fn(&DivConstants) -> Option<Dy>,
+    weights: &Dy,
+) -> Result<(), CertifyError> {
+    let layout = &step.ctx.layout;
+    let dc = layout.div_constants.iter().find(|c| c.layer == step.layer);
+    match dc.map(recorded) {
+        Some(Some(v)) if v == *weights => Ok(()),
+        other => Err(step.err(
+            Some(k),
+            format!(
+                "layout.json div_constants give {what} {:?} for this layer; the weights have \
+                 {weights}",
+                other.flatten().map(|v| v.to_string())
+            ),
+        )),
+    }
+}
+
+/// Σ h_r² + L·eps over the rows outside the payload, rounded up: for the exact inputs (from
+/// the rows' ranges: the layer's own bound) and perturbed by the rows' errors (end to end).
+/// `Err(r)`: row r has no finite range.
+fn r_max(ctx: &Ctx, eps: f64, state: &[RowState]) -> Result<(f64, f64), usize> {
+    let pl = ctx.layout.div_payload.expect("checked");
+    let leps = mul_up(ctx.width as f64, eps);
+    let (mut r_exact, mut r_pert) = (leps, leps);
+    let mut unbounded = None;
+    for (r, row) in state.iter().enumerate().take(ctx.width) {
+        if r == pl[0] || r == pl[1] {
+            continue;
+        }
+        let b = ctx.content_range(&row.content).abs_max();
+        if !b.is_finite() && unbounded.is_none() {
+            unbounded = Some(r);
+        }
+        r_exact = add_up(r_exact, mul_up(b, b));
+        let be = add_up(b, row.err);
+        r_pert = add_up(r_pert, mul_up(be, be));
+    }
+    match unbounded {
+        Some(r) => Err(r),
+        None => Ok((r_exact, r_pert)),
+    }
+}
+
 /// Certify the division of layer `l` (its two halves already checked exactly), record the bound
 /// in `cert`, and write the destination rows with their end-to-end error into `state`.
 pub fn certify_division(
@@ -60,54 +113,58 @@ pub fn certify_division(
 ) -> Result<(), CertifyError> {
     let p = ctx.p;
     let k = apply.op;
+    let fail = |m: String| ctx.op_err(l, Part::Mlp, Some(k), m);
     if prep.op != k {
-        return Err(ctx.op_err(
-            l,
-            Part::Mlp,
-            Some(k),
-            format!(
-                "the attention half of this layer prepares `{}`, the MLP half applies another division",
-                p.ops[prep.op].text
-            ),
-        ));
+        return Err(fail(format!(
+            "the attention half of this layer prepares `{}`, the MLP half applies another division",
+            p.ops[prep.op].text
+        )));
     }
-    let OpKind::Div { dst, num, den } = p.ops[k].kind else {
+    let OpKind::Div { den, .. } = p.ops[k].kind else {
+        unreachable!("checked by check_placements")
+    };
+    let (r_exact, r_pert) = r_max(ctx, apply.eps, state).map_err(|r| {
+        fail(format!(
+            "cannot bound the LayerNorm division: {} has no finite range (state input ranges \
+             with `assume`)",
+            ctx.content_name(r, &state[r].content)
+        ))
+    })?;
+    let den_range = ctx.content_range(&state[ctx.row(den, 0)].content);
+    let eps = relative_bound(
+        &prep.scale,
+        &apply.gain,
+        ctx.width,
+        r_exact,
+        den_range.abs_min(),
+    )
+    .ok_or_else(|| {
+        fail(format!(
+            "cannot bound the LayerNorm division: den's range {den_range} is not bounded \
+                 away from 0"
+        ))
+    })?;
+    record(ctx, k, prep, apply, (eps, den_range, r_exact), cert);
+    write_result(ctx, k, prep, apply, (r_pert, den_range.abs_min()), state);
+    Ok(())
+}
+
+/// The layer's certificate: bounded, with ε, den's range, R, the assumptions on den and a note
+/// on the construction.
+fn record(
+    ctx: &Ctx,
+    k: usize,
+    prep: &PrepInfo,
+    apply: &ApplyInfo,
+    (eps, den_range, r_exact): (f64, Interval, f64),
+    cert: &mut LayerCertificate,
+) {
+    let p = ctx.p;
+    let OpKind::Div { den, .. } = p.ops[k].kind else {
         unreachable!("checked by check_placements")
     };
     let pl = ctx.layout.div_payload.expect("checked");
     let w = ctx.width;
-    let leps = mul_up(w as f64, apply.eps);
-    // R_max: exact inputs (the layer's own bound), and perturbed by the rows' errors (e2e).
-    let (mut r_exact, mut r_pert) = (leps, leps);
-    let mut unbounded = None;
-    for (r, row) in state.iter().enumerate().take(w) {
-        if r == pl[0] || r == pl[1] {
-            continue;
-        }
-        let b = ctx.content_range(&row.content).abs_max();
-        if !b.is_finite() && unbounded.is_none() {
-            unbounded = Some(r);
-        }
-        r_exact = add_up(r_exact, mul_up(b, b));
-        let be = add_up(b, row.err);
-        r_pert = add_up(r_pert, mul_up(be, be));
-    }
-    let den_row = ctx.row(den, 0);
-    let den_range = ctx.content_range(&state[den_row].content);
-    let den_min = den_range.abs_min();
-    let fail = |m: String| ctx.op_err(l, Part::Mlp, Some(k), m);
-    if let Some(r) = unbounded {
-        return Err(fail(format!(
-            "cannot bound the LayerNorm division: {} has no finite range (state input ranges \
-             with `assume`)",
-            ctx.content_name(r, &state[r].content)
-        )));
-    }
-    let eps = relative_bound(&prep.scale, &apply.gain, w, r_exact, den_min).ok_or_else(|| {
-        fail(format!(
-            "cannot bound the LayerNorm division: den's range {den_range} is not bounded away from 0"
-        ))
-    })?;
     cert.verdict = Verdict::Bounded;
     cert.relative_error = Some(eps);
     cert.ranges.insert(
@@ -127,9 +184,25 @@ pub fn certify_division(
         prep.scale,
         apply.gain
     ));
+}
 
-    // End-to-end: the model's den is within e_den of the program's, so |deñ| ≥ den_min − e_den.
-    let e_den = state[den_row].err;
+/// Write the division's destination into `state` with its end-to-end error: the model's den is
+/// within e_den of the program's, so |deñ| ≥ den_min − e_den, and
+/// |ñ/|d̃| − n/|d|| ≤ e_num/|d̃| + |n|·e_den/(|d|·|d̃|); the division's own relative error (with
+/// R perturbed by the rows' errors) multiplies the result's range.
+fn write_result(
+    ctx: &Ctx,
+    k: usize,
+    prep: &PrepInfo,
+    apply: &ApplyInfo,
+    (r_pert, den_min): (f64, f64),
+    state: &mut [RowState],
+) {
+    let p = ctx.p;
+    let OpKind::Div { dst, num, den } = p.ops[k].kind else {
+        unreachable!("checked by check_placements")
+    };
+    let e_den = state[ctx.row(den, 0)].err;
     let dmin_p = {
         let d = den_min - e_den;
         if e_den > 0.0 {
@@ -138,14 +211,13 @@ pub fn certify_division(
             d
         }
     };
-    let eps_p =
-        relative_bound(&prep.scale, &apply.gain, w, r_pert, dmin_p).unwrap_or(f64::INFINITY);
+    let eps_p = relative_bound(&prep.scale, &apply.gain, ctx.width, r_pert, dmin_p)
+        .unwrap_or(f64::INFINITY);
     let after = ctx.ranges.before_op(k + 1, dst);
     for e in 0..p.reg(dst).shape.size() {
         let rn = ctx.row(num, e);
         let e_num = state[rn].err;
         let n_max = ctx.content_range(&state[rn].content).abs_max();
-        // |ñ/|d̃| − n/|d|| ≤ e_num/|d̃| + |n|·e_den/(|d|·|d̃|).
         let e_prop = if dmin_p > 0.0 {
             add_up(
                 div_up(e_num, dmin_p),
@@ -168,5 +240,4 @@ pub fn certify_division(
             err,
         };
     }
-    Ok(())
 }

@@ -367,10 +367,10 @@ mod tests {
     use crate::ir::{AffTerm, Assumption, Bound, Op, Operand, Register, Source, Span};
     use std::collections::BTreeMap;
 
-    const Y: RegId = 0;
-    const X: RegId = 1;
-    const S: RegId = 2;
-    const V: RegId = 3;
+    const Y: RegId = RegId(0);
+    const X: RegId = RegId(1);
+    const S: RegId = RegId(2);
+    const V: RegId = RegId(3);
 
     fn reg(name: &str, shape: Shape, kind: RegKind) -> Register {
         Register {
@@ -523,7 +523,7 @@ mod tests {
             ValidateError::DuplicateInput {
                 input: Builtin::Y,
                 first: Y,
-                second: 4,
+                second: RegId(4),
             },
         );
     }
@@ -547,8 +547,11 @@ mod tests {
     #[test]
     fn the_output_is_a_scalar_register() {
         rejects(
-            |p| p.output = 9,
-            ValidateError::OutputOutOfRange { reg: 9, count: 4 },
+            |p| p.output = RegId(9),
+            ValidateError::OutputOutOfRange {
+                reg: RegId(9),
+                count: 4,
+            },
         );
         rejects(
             |p| p.output = V,
@@ -563,10 +566,10 @@ mod tests {
     #[test]
     fn assumptions_name_registers() {
         rejects(
-            |p| p.assumptions[0].reg = 7,
+            |p| p.assumptions[0].reg = RegId(7),
             ValidateError::AssumptionOutOfRange {
                 index: 0,
-                reg: 7,
+                reg: RegId(7),
                 count: 4,
             },
         );
@@ -577,13 +580,13 @@ mod tests {
         rejects(
             |p| {
                 if let OpKind::Div { den, .. } = kind(p, 2) {
-                    *den = 4;
+                    *den = RegId(4);
                 }
             },
             ValidateError::RegisterOutOfRange {
                 op: 2,
                 role: Role::Denominator,
-                reg: 4,
+                reg: RegId(4),
                 count: 4,
             },
         );
@@ -591,7 +594,7 @@ mod tests {
             |p| {
                 if let OpKind::Aff { terms, .. } = kind(p, 3) {
                     terms.push(AffTerm {
-                        src: opnd(5, false),
+                        src: opnd(RegId(5), false),
                         coef: vec![],
                     });
                 }
@@ -599,7 +602,7 @@ mod tests {
             ValidateError::RegisterOutOfRange {
                 op: 3,
                 role: Role::Term(1),
-                reg: 5,
+                reg: RegId(5),
                 count: 4,
             },
         );

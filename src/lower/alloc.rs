@@ -19,7 +19,7 @@
 //! (never written).
 
 use super::schedule::{self, Schedule};
-use super::LowerError;
+use super::{Location, LowerError};
 use crate::ir::{Builtin, Program, RegId, RegKind, RegMap};
 
 /// One live range of a work register.
@@ -103,11 +103,55 @@ impl Occupancy {
     }
 }
 
+/// Rows for every register of `p` scheduled as `sched` (the rules are in the module comment).
 pub fn allocate(p: &Program, sched: &Schedule) -> Result<Allocation, LowerError> {
-    let d = p.d;
+    let LiveRanges {
+        mut webs,
+        read_webs,
+        write_web,
+        input_last_read,
+    } = live_ranges(p, sched)?;
+    let (mut occ, input_rows, next_fixed) = fixed_rows(p);
+    place_pinned(p, &mut webs, &mut occ)?;
+    place_free(p, &mut webs, &mut occ);
+    let mut top = occ.rows.len().max(next_fixed);
+    let payload = if p
+        .ops
+        .iter()
+        .any(|o| matches!(o.kind, crate::ir::OpKind::Div { .. }))
+    {
+        top += 2;
+        Some([top - 2, top - 1])
+    } else {
+        None
+    };
+    let zero_row = top;
+    Ok(Allocation {
+        width: top + 1,
+        input_rows,
+        webs,
+        read_webs,
+        write_web,
+        zero_row,
+        payload,
+        input_last_read,
+    })
+}
+
+/// The live ranges of the work registers, and which of them every op reads and writes.
+struct LiveRanges {
+    webs: Vec<Web>,
+    read_webs: Vec<Vec<Option<usize>>>,
+    write_web: Vec<usize>,
+    input_last_read: RegMap<Option<usize>>,
+}
+
+/// Splits every work register into live ranges: each write starts one, each read extends the
+/// current one to its stage (a div's divisor to the div's MLP stage), and the output's last one
+/// lasts to the read-out.
+fn live_ranges(p: &Program, sched: &Schedule) -> Result<LiveRanges, LowerError> {
     let nops = p.ops.len();
     let final_stage = schedule::mlp_stage(sched.blocks) + 1;
-    // --- live ranges ---
     let mut webs: Vec<Web> = Vec::new();
     let mut current: RegMap<Option<usize>> = RegMap::filled(p, None);
     let mut read_webs = Vec::with_capacity(nops);
@@ -131,13 +175,11 @@ pub fn allocate(p: &Program, sched: &Schedule) -> Result<Allocation, LowerError>
                     rw.push(None);
                 }
                 RegKind::Work => {
-                    let w = current[reg].ok_or_else(|| LowerError::Internal {
-                        msg: format!(
-                            "{}: `{}` reads `{}` before any write (the checker should have caught this)",
-                            p.location(op.span),
-                            op.text,
-                            p.reg(reg).name
-                        ),
+                    let w = current[reg].ok_or_else(|| LowerError::ReadBeforeWrite {
+                        at: Location::of(p, op.span),
+                        op: k,
+                        text: op.text.clone(),
+                        reg: p.reg(reg).name.clone(),
                     })?;
                     let web = &mut webs[w];
                     web.end = web.end.max(s);
@@ -150,7 +192,7 @@ pub fn allocate(p: &Program, sched: &Schedule) -> Result<Allocation, LowerError>
         let dst = op.kind.dst();
         if !matches!(p.reg(dst).kind, RegKind::Work) {
             return Err(LowerError::Unsupported {
-                at: p.location(op.span),
+                at: Location::of(p, op.span),
                 msg: format!(
                     "`{}` writes the built-in input `{}`",
                     op.text,
@@ -179,7 +221,19 @@ pub fn allocate(p: &Program, sched: &Schedule) -> Result<Allocation, LowerError>
     if let Some(w) = current[p.output] {
         webs[w].end = final_stage;
     }
-    // --- fixed rows ---
+    Ok(LiveRanges {
+        webs,
+        read_webs,
+        write_web,
+        input_last_read,
+    })
+}
+
+/// The reserved rows: y at 0, x at 1..=d, then the other built-ins `p` reads in the lowest rows
+/// no pinned register claims. Returns the occupancy, the inputs' rows and the first row after
+/// them.
+fn fixed_rows(p: &Program) -> (Occupancy, Vec<(Builtin, RegId, usize)>, usize) {
+    let d = p.d;
     let mut occ = Occupancy {
         rows: Vec::new(),
         reserved: Vec::new(),
@@ -216,14 +270,20 @@ pub fn allocate(p: &Program, sched: &Schedule) -> Result<Allocation, LowerError>
         };
         input_rows.push((b, reg, row));
     }
-    // --- pinned webs ---
+    (occ, input_rows, next_fixed)
+}
+
+/// Pinned registers take their pinned rows, unless those overlap an input or another pinned
+/// register while both are live.
+fn place_pinned(p: &Program, webs: &mut [Web], occ: &mut Occupancy) -> Result<(), LowerError> {
+    let d = p.d;
     for (wi, web) in webs.iter_mut().enumerate() {
         let reg = p.reg(web.reg);
         if let Some(row) = reg.pinned {
             let size = reg.shape.size();
             if row <= d || (row..row + size).any(|r| r < occ.reserved.len() && occ.reserved[r]) {
                 return Err(LowerError::Unsupported {
-                    at: p.location(reg.span),
+                    at: Location::of(p, reg.span),
                     msg: format!(
                         "register `{}` is pinned to rows {}..{}, which overlap the input rows",
                         reg.name,
@@ -234,7 +294,7 @@ pub fn allocate(p: &Program, sched: &Schedule) -> Result<Allocation, LowerError>
             }
             if !occ.free(row, size, (web.start, web.end)) {
                 return Err(LowerError::Unsupported {
-                    at: p.location(reg.span),
+                    at: Location::of(p, reg.span),
                     msg: format!(
                         "register `{}` is pinned to rows {}..{}, which another pinned register \
                          occupies while it is live (live range {wi}, from `{}`)",
@@ -249,8 +309,14 @@ pub fn allocate(p: &Program, sched: &Schedule) -> Result<Allocation, LowerError>
             web.row = row;
         }
     }
-    // --- free registers: first fit in order of first write; all live ranges of a register share
-    // its rows (one placement per register in layout.json), other registers may use the gaps ---
+    Ok(())
+}
+
+/// The other registers, first fit in order of first write above the input rows: all live ranges
+/// of a register share its rows (one placement per register in layout.json), other registers may
+/// use the gaps.
+fn place_free(p: &Program, webs: &mut [Web], occ: &mut Occupancy) {
+    let d = p.d;
     let mut by_reg: RegMap<Vec<usize>> = RegMap::filled(p, Vec::new());
     for (w, web) in webs.iter().enumerate() {
         if p.reg(web.reg).pinned.is_none() {
@@ -275,26 +341,4 @@ pub fn allocate(p: &Program, sched: &Schedule) -> Result<Allocation, LowerError>
             webs[w].row = r;
         }
     }
-    let mut top = occ.rows.len().max(next_fixed);
-    let payload = if p
-        .ops
-        .iter()
-        .any(|o| matches!(o.kind, crate::ir::OpKind::Div { .. }))
-    {
-        top += 2;
-        Some([top - 2, top - 1])
-    } else {
-        None
-    };
-    let zero_row = top;
-    Ok(Allocation {
-        width: top + 1,
-        input_rows,
-        webs,
-        read_webs,
-        write_web,
-        zero_row,
-        payload,
-        input_last_read,
-    })
 }

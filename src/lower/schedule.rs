@@ -1,4 +1,4 @@
-//! List scheduling of a checked program into blocks (DESIGN §3 `exact`).
+//! List scheduling of a checked program into blocks for the `exact` target (docs/ARCHITECTURE.md).
 //!
 //! A block is one attention step followed by one MLP step. `mov` runs in the attention, `mul` and
 //! `aff` in the MLP, and `div` in both (DivPrep in the attention, DivApply in the MLP). A div's MLP

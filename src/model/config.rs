@@ -26,13 +26,18 @@ impl DType {
     }
 }
 
+/// A dtype name other than `f32` and `f64`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown dtype `{0}` (expected f32 or f64)")]
+pub struct UnknownDType(pub String);
+
 impl std::str::FromStr for DType {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownDType;
+    fn from_str(s: &str) -> Result<Self, UnknownDType> {
         match s {
             "f32" => Ok(DType::F32),
             "f64" => Ok(DType::F64),
-            other => Err(format!("unknown dtype `{other}` (expected f32 or f64)")),
+            other => Err(UnknownDType(other.to_string())),
         }
     }
 }
@@ -51,7 +56,7 @@ pub struct NormConfig {
     pub eps: f64,
 }
 
-/// Momentum attention (reference/dai.md §3): `o_t += Σ_{s<t} η^{t−s} v_s`.
+/// Momentum attention (docs/FORMATS.md, "Momentum attention"): `o_t += Σ_{s<t} η^{t−s} v_s`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(untagged, deny_unknown_fields)]
 pub enum MomentumConfig {
@@ -143,3 +148,49 @@ pub struct ModelConfig {
 }
 
 pub const MODEL_FORMAT: &str = "icl-model/1";
+
+/// What is wrong with a `config.json`: its JSON, or a value the forward pass cannot use.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    #[error("field `format`: expected \"{expected}\", found \"{0}\"", expected = MODEL_FORMAT)]
+    Format(String),
+    /// A size field (`d`, `width`, `max_len`) that is 0.
+    #[error("field `{0}`: must be at least 1")]
+    Empty(&'static str),
+    #[error("field `readout_row`: {row} is not a row of a width-{width} hidden state")]
+    ReadoutRow { row: usize, width: usize },
+    #[error("{norm}.eps: must be finite and >= 0, found {eps}")]
+    NormEps { norm: NormSite, eps: f64 },
+    #[error("layers[{layer}].attn: heads and head_dim must be at least 1")]
+    NoHeads { layer: usize },
+    #[error("layers[{layer}].attn.momentum.eta: must be in [0, 1), found {eta}")]
+    Eta { layer: usize, eta: f64 },
+    #[error(
+        "layers[{layer}].attn.momentum: {{\"learned\": false}} is ambiguous; use null for no momentum"
+    )]
+    LearnedFalse { layer: usize },
+    #[error("layers[{layer}].mlp.hidden: must be at least 1")]
+    NoHidden { layer: usize },
+}
+
+/// Which LayerNorm of a config a [`ConfigError::NormEps`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormSite {
+    Final,
+    /// `layers[l].attn_norm`.
+    Attn(usize),
+    /// `layers[l].norm` (before the MLP).
+    Mlp(usize),
+}
+
+impl std::fmt::Display for NormSite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NormSite::Final => write!(f, "field `final_norm`"),
+            NormSite::Attn(l) => write!(f, "layers[{l}].attn_norm"),
+            NormSite::Mlp(l) => write!(f, "layers[{l}].norm"),
+        }
+    }
+}

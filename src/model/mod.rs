@@ -1,10 +1,11 @@
 //! The one Candle transformer used by compiled and trained models (docs/FORMATS.md).
 //!
-//! A [`Transformer`] is a [`ModelConfig`] plus one Candle tensor per entry of
-//! [`expected_tensors`]. It is built from a model directory ([`Transformer::load`]), from named
-//! f64 tensors ([`Transformer::from_named`]), and — for training — with every parameter a
-//! `candle_nn` variable registered in a [`VarMap`], so the trained and compiled models share the
-//! forward pass below line for line.
+//! A [`Transformer`] is a [`ModelConfig`] plus its weights, resolved once by name into a typed
+//! [`schema::Weights`] tree of Candle tensors (a struct per block part); the forward pass takes
+//! those parts and never looks a tensor up by name. It is built from a model directory
+//! ([`Transformer::load`]), from named f64 tensors ([`Transformer::from_named`]), and — for
+//! training — with every parameter a `candle_nn` variable registered in a [`VarMap`], so the
+//! trained and compiled models share the forward pass below line for line.
 
 pub mod config;
 pub mod schema;
@@ -13,7 +14,11 @@ use crate::prompt::Prompt;
 use crate::tensors::{self, NamedTensors, RawTensor};
 use candle_core::{DType as CDType, Device, Tensor, D};
 use candle_nn::VarMap;
-use config::{Activation, AttnConfig, DType, MlpKind, ModelConfig, MomentumConfig, MODEL_FORMAT};
+use config::{
+    Activation, AttnConfig, ConfigError, DType, MlpConfig, MlpKind, ModelConfig, MomentumConfig,
+    NormSite, MODEL_FORMAT,
+};
+use schema::{Attention, Linear, Mlp, Norm, Weights};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -26,8 +31,8 @@ pub enum ModelError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{path}: invalid config: {msg}")]
-    Config { path: String, msg: String },
+    #[error("{path}: invalid config: {source}")]
+    Config { path: String, source: ConfigError },
     #[error("{path}: {source}")]
     TensorFile {
         path: String,
@@ -106,73 +111,58 @@ pub fn parse_device(s: &str) -> Result<Device> {
 }
 
 /// Checks on a config beyond its JSON shape: the values the forward pass relies on.
-pub fn validate_config(c: &ModelConfig) -> std::result::Result<(), String> {
+pub fn validate_config(c: &ModelConfig) -> std::result::Result<(), ConfigError> {
     if c.format != MODEL_FORMAT {
-        return Err(format!(
-            "field `format`: expected \"{MODEL_FORMAT}\", found \"{}\"",
-            c.format
-        ));
+        return Err(ConfigError::Format(c.format.clone()));
     }
-    if c.d == 0 {
-        return Err("field `d`: must be at least 1".into());
-    }
-    if c.width == 0 {
-        return Err("field `width`: must be at least 1".into());
-    }
-    if c.max_len == 0 {
-        return Err("field `max_len`: must be at least 1".into());
-    }
-    if let Some(r) = c.readout_row {
-        if r >= c.width {
-            return Err(format!(
-                "field `readout_row`: {r} is not a row of a width-{} hidden state",
-                c.width
-            ));
+    for (field, size) in [("d", c.d), ("width", c.width), ("max_len", c.max_len)] {
+        if size == 0 {
+            return Err(ConfigError::Empty(field));
         }
     }
-    let norm_ok = |eps: f64, what: String| {
+    if let Some(row) = c.readout_row {
+        if row >= c.width {
+            return Err(ConfigError::ReadoutRow {
+                row,
+                width: c.width,
+            });
+        }
+    }
+    let norm_ok = |eps: f64, norm: NormSite| {
         if eps.is_finite() && eps >= 0.0 {
             Ok(())
         } else {
-            Err(format!("{what}.eps: must be finite and >= 0, found {eps}"))
+            Err(ConfigError::NormEps { norm, eps })
         }
     };
     if let Some(n) = c.final_norm {
-        norm_ok(n.eps, "field `final_norm`".into())?;
+        norm_ok(n.eps, NormSite::Final)?;
     }
-    for (l, layer) in c.layers.iter().enumerate() {
-        if let Some(n) = layer.attn_norm {
-            norm_ok(n.eps, format!("layers[{l}].attn_norm"))?;
+    for (layer, l) in c.layers.iter().enumerate() {
+        if let Some(n) = l.attn_norm {
+            norm_ok(n.eps, NormSite::Attn(layer))?;
         }
-        if let Some(n) = layer.norm {
-            norm_ok(n.eps, format!("layers[{l}].norm"))?;
+        if let Some(n) = l.norm {
+            norm_ok(n.eps, NormSite::Mlp(layer))?;
         }
-        if let Some(a) = &layer.attn {
+        if let Some(a) = &l.attn {
             if a.heads == 0 || a.head_dim == 0 {
-                return Err(format!(
-                    "layers[{l}].attn: heads and head_dim must be at least 1"
-                ));
+                return Err(ConfigError::NoHeads { layer });
             }
             match a.momentum {
                 Some(MomentumConfig::Fixed { eta })
                     if !(eta.is_finite() && (0.0..1.0).contains(&eta)) =>
                 {
-                    return Err(format!(
-                        "layers[{l}].attn.momentum.eta: must be in [0, 1), found {eta}"
-                    ));
+                    return Err(ConfigError::Eta { layer, eta });
                 }
                 Some(MomentumConfig::Learned { learned: false }) => {
-                    return Err(format!(
-                        "layers[{l}].attn.momentum: {{\"learned\": false}} is ambiguous; use null for no momentum"
-                    ));
+                    return Err(ConfigError::LearnedFalse { layer });
                 }
                 _ => {}
             }
         }
-        if let Some(m) = &layer.mlp {
-            if m.hidden == 0 {
-                return Err(format!("layers[{l}].mlp.hidden: must be at least 1"));
-            }
+        if l.mlp.is_some_and(|m| m.hidden == 0) {
+            return Err(ConfigError::NoHidden { layer });
         }
     }
     Ok(())
@@ -227,9 +217,9 @@ pub fn load_config(path: &Path) -> Result<ModelConfig> {
     })?;
     let cfg: ModelConfig = serde_json::from_str(&text).map_err(|e| ModelError::Config {
         path: p.clone(),
-        msg: e.to_string(),
+        source: e.into(),
     })?;
-    validate_config(&cfg).map_err(|msg| ModelError::Config { path: p, msg })?;
+    validate_config(&cfg).map_err(|source| ModelError::Config { path: p, source })?;
     Ok(cfg)
 }
 
@@ -238,6 +228,10 @@ pub struct Transformer {
     pub config: ModelConfig,
     device: Device,
     dtype: CDType,
+    /// Every parameter, resolved once from [`Weights::spec`]: what the forward pass reads.
+    weights: Weights<Tensor>,
+    /// The same tensors by name (clones share storage, and for trainable models they are the
+    /// variables' tensors, so an optimiser step through [`Self::varmap`] updates both).
     params: BTreeMap<String, Tensor>,
     varmap: Option<VarMap>,
     /// Causal masks by prompt length (0 on and below the diagonal, −inf above), built lazily.
@@ -291,35 +285,42 @@ impl Transformer {
         run_dtype: DType,
         trainable: bool,
     ) -> Result<Self> {
-        validate_config(&config).map_err(|msg| ModelError::Config {
+        validate_config(&config).map_err(|source| ModelError::Config {
             path: "<config>".into(),
-            msg,
+            source,
         })?;
         check_tensors(&config, named, "<tensors>")?;
         let dtype = candle_dtype(run_dtype);
         let varmap = trainable.then(VarMap::new);
-        let mut params = BTreeMap::new();
-        for (name, raw) in named {
+        let spec = Weights::spec(&config);
+        let weights = spec.try_map(|s| -> Result<Tensor> {
+            let raw = named
+                .get(&s.name)
+                .ok_or_else(|| ModelError::MissingTensor {
+                    path: "<tensors>".into(),
+                    name: s.name.clone(),
+                    expected: s.shape.clone(),
+                })?;
             let t = Tensor::from_vec(raw.data.clone(), raw.shape.as_slice(), device)?
                 .to_dtype(dtype)?;
-            let t = match &varmap {
-                Some(vm) => {
-                    let var = candle_core::Var::from_tensor(&t)?;
-                    let t = var.as_tensor().clone();
-                    vm.data()
-                        .lock()
-                        .expect("varmap lock")
-                        .insert(name.clone(), var);
-                    t
-                }
-                None => t,
+            let Some(vm) = &varmap else {
+                return Ok(t);
             };
-            params.insert(name.clone(), t);
-        }
+            // The variable's own tensor (not `t`): gradients and updates are tracked on it.
+            let var = candle_core::Var::from_tensor(&t)?;
+            let t = var.as_tensor().clone();
+            vm.data()
+                .lock()
+                .expect("varmap lock")
+                .insert(s.name.clone(), var);
+            Ok(t)
+        })?;
+        let params = spec.into_named(weights.clone());
         Ok(Transformer {
             config,
             device: device.clone(),
             dtype,
+            weights,
             params,
             varmap,
             masks: Default::default(),
@@ -339,12 +340,6 @@ impl Transformer {
     /// Parameters by name (for trainable models these are the variables' tensors).
     pub fn params(&self) -> &BTreeMap<String, Tensor> {
         &self.params
-    }
-
-    fn p(&self, name: &str) -> Result<&Tensor> {
-        self.params
-            .get(name)
-            .ok_or_else(|| ModelError::Input(format!("internal: parameter `{name}` missing")))
     }
 
     /// All parameters as f64 tensors (exact for f32 and f64).
@@ -368,31 +363,6 @@ impl Transformer {
         save_model_dir(dir, &self.config, &self.to_named()?)
     }
 
-    /// `x·Wᵀ + b` over the last dim of `x` (`W` is [out, in] as stored).
-    fn linear(&self, x: &Tensor, prefix: &str) -> Result<Tensor> {
-        let w = self.p(&format!("{prefix}.weight"))?;
-        let b = self.p(&format!("{prefix}.bias"))?;
-        // Fold the leading dims into one: [.., in] → [N, in] · [in, out] → [.., out].
-        let dims = x.dims().to_vec();
-        let (lead, inp) = dims.split_at(dims.len() - 1);
-        let n: usize = lead.iter().product();
-        let y = x.reshape((n, inp[0]))?.matmul(&w.t()?)?;
-        let mut out_shape = lead.to_vec();
-        out_shape.push(w.dims()[0]);
-        Ok(y.reshape(out_shape)?.broadcast_add(b)?)
-    }
-
-    /// LayerNorm over the last dim: `(h − mean) / sqrt(var + eps) ⊙ weight + bias`, var biased.
-    fn layer_norm(&self, h: &Tensor, prefix: &str, eps: f64) -> Result<Tensor> {
-        let mean = h.mean_keepdim(D::Minus1)?;
-        let c = h.broadcast_sub(&mean)?;
-        let var = c.sqr()?.mean_keepdim(D::Minus1)?;
-        let denom = var.affine(1.0, eps)?.sqrt()?;
-        let x = c.broadcast_div(&denom)?;
-        Ok(x.broadcast_mul(self.p(&format!("{prefix}.weight"))?)?
-            .broadcast_add(self.p(&format!("{prefix}.bias"))?)?)
-    }
-
     fn causal_mask(&self, t: usize) -> Result<Tensor> {
         let mut masks = self.masks.lock().expect("mask lock");
         if let Some(m) = masks.get(&t) {
@@ -406,8 +376,14 @@ impl Transformer {
         Ok(m)
     }
 
-    /// Momentum matrix [heads, T, T] with entry η_h^{t−s} for s < t, else 0 (reference/dai.md §3).
-    fn momentum_matrix(&self, a: &AttnConfig, prefix: &str, t: usize) -> Result<Option<Tensor>> {
+    /// Momentum matrix [heads, T, T] with entry η_h^{t−s} for s < t, else 0 (docs/FORMATS.md,
+    /// "Momentum attention").
+    fn momentum_matrix(
+        &self,
+        a: &AttnConfig,
+        w: &Attention<Tensor>,
+        t: usize,
+    ) -> Result<Option<Tensor>> {
         let lag: Vec<f64> = (0..t)
             .flat_map(|q| (0..t).map(move |k| if k < q { (q - k) as f64 } else { 0.0 }))
             .collect();
@@ -428,7 +404,9 @@ impl Transformer {
             }
             Some(MomentumConfig::Learned { .. }) => {
                 // η_h^{lag} = exp(lag · log sigmoid(logit_h)), masked to s < t; differentiable.
-                let logit = self.p(&format!("{prefix}.momentum_logit"))?;
+                let logit = w.momentum_logit.as_ref().ok_or_else(|| {
+                    ModelError::Input("internal: learned momentum without its logit".into())
+                })?;
                 let log_eta = candle_nn::ops::sigmoid(logit)?
                     .log()?
                     .reshape((a.heads, 1, 1))?;
@@ -443,25 +421,26 @@ impl Transformer {
     }
 
     /// Attention sub-layer on `a` [B, T, width] (docs/FORMATS.md "Attention").
-    fn attention(&self, a: &Tensor, cfg: &AttnConfig, prefix: &str) -> Result<Tensor> {
+    fn attention(&self, a: &Tensor, cfg: &AttnConfig, w: &Attention<Tensor>) -> Result<Tensor> {
         let (b, t, _) = a.dims3()?;
         let (nh, hd) = (cfg.heads, cfg.head_dim);
         let split = |x: Tensor| -> Result<Tensor> {
             Ok(x.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?)
         };
-        let v = split(self.linear(a, &format!("{prefix}.v"))?)?; // [B, H, T, hd]
-        let mut scores = if cfg.qk {
-            let q = split(self.linear(a, &format!("{prefix}.q"))?)?;
-            let k = split(self.linear(a, &format!("{prefix}.k"))?)?;
-            (q.matmul(&k.t()?.contiguous()?)? / (hd as f64).sqrt())?
-        } else {
-            Tensor::zeros((b, nh, t, t), self.dtype, &self.device)?
+        let v = split(linear(a, &w.v)?)?; // [B, H, T, hd]
+        let mut scores = match (&w.q, &w.k) {
+            (Some(wq), Some(wk)) => {
+                let q = split(linear(a, wq)?)?;
+                let k = split(linear(a, wk)?)?;
+                (q.matmul(&k.t()?.contiguous()?)? / (hd as f64).sqrt())?
+            }
+            _ => Tensor::zeros((b, nh, t, t), self.dtype, &self.device)?,
         };
         // Null key: score = bias[h, t, max_len] (or 0); value 0, so it only adds to the softmax
         // denominator.
         let mut null = Tensor::zeros((b, nh, t, 1), self.dtype, &self.device)?;
-        if cfg.bias {
-            let bias = self.p(&format!("{prefix}.bias"))?; // [H, max_len, max_len+1]
+        if let Some(bias) = &w.bias {
+            // [H, max_len, max_len+1]
             let ml = self.config.max_len;
             let keys = bias.narrow(1, 0, t)?.narrow(2, 0, t)?;
             scores = scores.broadcast_add(&keys)?;
@@ -476,23 +455,11 @@ impl Transformer {
         let p = softmax_neg_inf(&all)?;
         let p = p.narrow(3, 0, t)?;
         let mut o = p.matmul(&v)?; // [B, H, T, hd]
-        if let Some(m) = self.momentum_matrix(cfg, prefix, t)? {
+        if let Some(m) = self.momentum_matrix(cfg, w, t)? {
             o = (o + m.unsqueeze(0)?.broadcast_matmul(&v)?)?;
         }
         let o = o.transpose(1, 2)?.contiguous()?.reshape((b, t, nh * hd))?;
-        self.linear(&o, &format!("{prefix}.o"))
-    }
-
-    fn mlp(&self, m: &Tensor, kind: MlpKind, act: Activation, prefix: &str) -> Result<Tensor> {
-        let up = self.linear(m, &format!("{prefix}.up"))?;
-        let inner = match kind {
-            MlpKind::Bilinear => (self.linear(m, &format!("{prefix}.gate"))? * up)?,
-            MlpKind::Gelu => match act {
-                Activation::Gelu => up.gelu_erf()?,
-                Activation::GeluTanh => up.gelu()?,
-            },
-        };
-        self.linear(&inner, &format!("{prefix}.down"))
+        linear(&o, &w.o)
     }
 
     fn check_tokens(&self, tokens: &Tensor) -> Result<(usize, usize)> {
@@ -522,36 +489,28 @@ impl Transformer {
     ) -> Result<(Tensor, Vec<Tensor>)> {
         let (_, t) = self.check_tokens(tokens)?;
         let tokens = tokens.to_dtype(self.dtype)?;
-        let pos = self.p("pos.weight")?.narrow(0, 0, t)?;
-        let mut h = self.linear(&tokens, "embed")?.broadcast_add(&pos)?;
+        let w = &self.weights;
+        let pos = w.pos.narrow(0, 0, t)?;
+        let mut h = linear(&tokens, &w.embed)?.broadcast_add(&pos)?;
         let mut hidden = Vec::new();
         if keep {
             hidden.push(h.clone());
         }
-        for (l, layer) in self.config.layers.iter().enumerate() {
-            let p = format!("layers.{l}");
-            if let Some(attn) = &layer.attn {
-                let a = match layer.attn_norm {
-                    Some(n) => self.layer_norm(&h, &format!("{p}.attn_norm"), n.eps)?,
-                    None => h.clone(),
-                };
-                h = (&h + self.attention(&a, attn, &format!("{p}.attn"))?)?;
+        for (layer, block) in self.config.layers.iter().zip(&w.layers) {
+            if let (Some(cfg), Some(attn)) = (&layer.attn, &block.attn) {
+                let a = norm_if(&h, layer.attn_norm.map(|n| n.eps), &block.attn_norm)?;
+                h = (&h + self.attention(&a, cfg, attn)?)?;
             }
-            if let Some(mlp) = &layer.mlp {
-                let m = match layer.norm {
-                    Some(n) => self.layer_norm(&h, &format!("{p}.norm"), n.eps)?,
-                    None => h.clone(),
-                };
-                h = (&h + self.mlp(&m, mlp.kind, mlp.activation, &format!("{p}.mlp"))?)?;
+            if let (Some(cfg), Some(mlp_w)) = (&layer.mlp, &block.mlp) {
+                let m = norm_if(&h, layer.norm.map(|n| n.eps), &block.norm)?;
+                h = (&h + mlp(&m, cfg, mlp_w)?)?;
             }
             if keep {
                 hidden.push(h.clone());
             }
         }
-        if let Some(n) = self.config.final_norm {
-            h = self.layer_norm(&h, "final_norm", n.eps)?;
-        }
-        let pred = self.linear(&h, "readout")?.squeeze(2)?;
+        h = norm_if(&h, self.config.final_norm.map(|n| n.eps), &w.final_norm)?;
+        let pred = linear(&h, &w.readout)?.squeeze(2)?;
         Ok((pred, hidden))
     }
 
@@ -593,6 +552,55 @@ impl Transformer {
         }
         Ok(out)
     }
+}
+
+/// `x·Wᵀ + b` over the last dim of `x` (`W` is [out, in] as stored).
+fn linear(x: &Tensor, l: &Linear<Tensor>) -> Result<Tensor> {
+    let w = &l.weight;
+    // Fold the leading dims into one: [.., in] → [N, in] · [in, out] → [.., out].
+    let dims = x.dims().to_vec();
+    let (lead, inp) = dims.split_at(dims.len() - 1);
+    let n: usize = lead.iter().product();
+    let y = x.reshape((n, inp[0]))?.matmul(&w.t()?)?;
+    let mut out_shape = lead.to_vec();
+    out_shape.push(w.dims()[0]);
+    Ok(y.reshape(out_shape)?.broadcast_add(&l.bias)?)
+}
+
+/// LayerNorm over the last dim: `(h − mean) / sqrt(var + eps) ⊙ weight + bias`, var biased.
+fn layer_norm(h: &Tensor, n: &Norm<Tensor>, eps: f64) -> Result<Tensor> {
+    let mean = h.mean_keepdim(D::Minus1)?;
+    let c = h.broadcast_sub(&mean)?;
+    let var = c.sqr()?.mean_keepdim(D::Minus1)?;
+    let denom = var.affine(1.0, eps)?.sqrt()?;
+    let x = c.broadcast_div(&denom)?;
+    Ok(x.broadcast_mul(&n.weight)?.broadcast_add(&n.bias)?)
+}
+
+/// `h` through its LayerNorm when the config has one (`eps`) and the weights hold it, else `h`.
+fn norm_if(h: &Tensor, eps: Option<f64>, n: &Option<Norm<Tensor>>) -> Result<Tensor> {
+    match (eps, n) {
+        (Some(eps), Some(n)) => layer_norm(h, n, eps),
+        _ => Ok(h.clone()),
+    }
+}
+
+/// The MLP on `m` [B, T, width] (docs/FORMATS.md, "The forward pass").
+fn mlp(m: &Tensor, cfg: &MlpConfig, w: &Mlp<Tensor>) -> Result<Tensor> {
+    let up = linear(m, &w.up)?;
+    let inner = match (cfg.kind, &w.gate) {
+        (MlpKind::Bilinear, Some(gate)) => (linear(m, gate)? * up)?,
+        (MlpKind::Bilinear, None) => {
+            return Err(ModelError::Input(
+                "internal: bilinear MLP without its gate".into(),
+            ))
+        }
+        (MlpKind::Gelu, _) => match cfg.activation {
+            Activation::Gelu => up.gelu_erf()?,
+            Activation::GeluTanh => up.gelu()?,
+        },
+    };
+    linear(&inner, &w.down)
 }
 
 /// Softmax over the last dim where −inf scores get weight 0. A row whose scores are all −inf

@@ -3,6 +3,7 @@
 //! directory's tensors ([`reference_forward`]), both written independently of the library, and
 //! prompts.
 #![allow(dead_code)]
+pub mod handbuilt;
 
 pub mod reference_forward;
 pub mod reference_interp;
@@ -35,7 +36,7 @@ impl Builder {
                 registers: vec![],
                 ops: vec![],
                 assumptions: vec![],
-                output: 0,
+                output: RegId(0),
             },
         }
     }
@@ -47,7 +48,7 @@ impl Builder {
             pinned: None,
             span: Span::default(),
         });
-        self.p.registers.len() - 1
+        RegId(self.p.registers.len() - 1)
     }
     pub fn reg(&mut self, name: &str, rows: usize, cols: usize) -> RegId {
         self.p.registers.push(Register {
@@ -57,7 +58,7 @@ impl Builder {
             pinned: None,
             span: Span::default(),
         });
-        self.p.registers.len() - 1
+        RegId(self.p.registers.len() - 1)
     }
     pub fn pin(&mut self, r: RegId, row: usize) {
         self.p.registers[r].pinned = Some(row);

@@ -3,7 +3,7 @@
 
 use icl::ir::{operand_index, AffTerm, OpKind, Operand, Program, RegId, RegKind};
 
-/// `regs[reg][column][element]`.
+/// `regs[reg.index()][column][element]`.
 type Registers = Vec<Vec<Vec<f64>>>;
 
 /// The output register's first element at every column of `tokens` (one token per column).
@@ -29,15 +29,15 @@ pub fn interpret(p: &Program, tokens: &[Vec<f64>]) -> Vec<f64> {
                 OpKind::Mov { src, pattern, .. } => mov(p, &regs, *src, &pattern.sources(t)),
                 OpKind::Mul { a, b, .. } => mul(p, &regs, *a, *b, t),
                 OpKind::Div { num, den, .. } => {
-                    let dv = regs[*den][t][0].abs();
-                    regs[*num][t].iter().map(|x| x / dv).collect()
+                    let dv = regs[den.index()][t][0].abs();
+                    regs[num.index()][t].iter().map(|x| x / dv).collect()
                 }
                 OpKind::Aff { terms, bias, .. } => aff(p, &regs, terms, bias, t),
             })
             .collect();
-        regs[op.kind.dst()] = new;
+        regs[op.kind.dst().index()] = new;
     }
-    (0..t_n).map(|t| regs[p.output][t][0]).collect()
+    (0..t_n).map(|t| regs[p.output.index()][t][0]).collect()
 }
 
 /// `mov`: the mean of `src` over the pattern's source columns (0 where there is none).
@@ -45,7 +45,7 @@ fn mov(p: &Program, regs: &Registers, src: RegId, sources: &[usize]) -> Vec<f64>
     let mut v = vec![0.0; p.reg(src).shape.size()];
     for &s in sources {
         for (e, x) in v.iter_mut().enumerate() {
-            *x += regs[src][s][e];
+            *x += regs[src.index()][s][e];
         }
     }
     if !sources.is_empty() {
@@ -64,8 +64,8 @@ fn mul(p: &Program, regs: &Registers, a: Operand, b: Operand, t: usize) -> Vec<f
     for i in 0..sa.rows {
         for c in 0..sb.cols {
             for j in 0..sa.cols {
-                v[i * sb.cols + c] += regs[a.reg][t][operand_index(ra, a.transposed, i, j)]
-                    * regs[b.reg][t][operand_index(rb, b.transposed, j, c)];
+                v[i * sb.cols + c] += regs[a.reg.index()][t][operand_index(ra, a.transposed, i, j)]
+                    * regs[b.reg.index()][t][operand_index(rb, b.transposed, j, c)];
             }
         }
     }
@@ -84,7 +84,7 @@ fn aff(p: &Program, regs: &Registers, terms: &[AffTerm], bias: &[f64], t: usize)
             for j in 0..n {
                 let (i0, j0) = (j / sh.cols, j % sh.cols);
                 *acc += term.coef[e * n + j]
-                    * regs[term.src.reg][t][operand_index(rs, term.src.transposed, i0, j0)];
+                    * regs[term.src.reg.index()][t][operand_index(rs, term.src.transposed, i0, j0)];
             }
         }
     }
