@@ -1,4 +1,4 @@
-//! The reference interpreter: the meaning of a checked program (DESIGN §2, docs/LANGUAGE.md).
+//! The reference interpreter: the meaning of a checked program (docs/LANGUAGE.md).
 //!
 //! The hidden state of one prompt is held per register, per element, per column: register `r`
 //! element `e` (row-major flat index) at column `t` is `state[r][e][t]`. Columns are the prompt's
@@ -25,7 +25,7 @@
 // path, so the size of `Result` does not matter here.
 #![allow(clippy::result_large_err)]
 
-use crate::ir::{self, Bound, OpKind, Program, RegId, RegKind, RegMap};
+use crate::ir::{self, Bound, Location, OpKind, Program, RegId, RegKind, RegMap};
 use crate::prompt::Prompt;
 use num_bigint::BigInt;
 use num_rational::BigRational;
@@ -163,8 +163,7 @@ pub struct Run<T> {
 pub struct WrittenBy {
     /// The operation's source text, with its loop iteration, e.g. `mov xi <- xp from col(2*i - 1) [i=3]`.
     pub text: String,
-    /// `file:line:col`.
-    pub location: String,
+    pub location: Location,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -186,19 +185,19 @@ pub enum InterpError {
     Unwritten {
         register: String,
         op: String,
-        location: String,
+        location: Location,
     },
     #[error("{location}: `{op}` divides by zero at column {column} (element {element})")]
     DivisionByZero {
         op: String,
-        location: String,
+        location: Location,
         column: usize,
         element: usize,
     },
     #[error("{location}: `{op}` uses a constant that is not a finite number ({value})")]
     NonFiniteConstant {
         op: String,
-        location: String,
+        location: Location,
         value: f64,
     },
     #[error("{}: assumption `{assumption}` violated by register `{register}` element {element} at column {column}: value {value}, {}",
@@ -207,7 +206,7 @@ pub enum InterpError {
     AssumptionViolated {
         /// The assumption's source text, e.g. `assume den >= 1`.
         assumption: String,
-        assumption_location: String,
+        assumption_location: Location,
         register: String,
         element: usize,
         column: usize,

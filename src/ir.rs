@@ -145,7 +145,7 @@ impl std::fmt::Display for Shape {
     }
 }
 
-/// The per-column inputs supplied by the embedding (DESIGN §2, docs/LANGUAGE.md).
+/// The per-column inputs supplied by the embedding (docs/LANGUAGE.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Builtin {
@@ -224,6 +224,56 @@ pub struct Register {
     pub span: Span,
 }
 
+/// A place in a program's source — the span of an op, an assumption or a declaration in the file
+/// it came from. Errors carry it typed; it becomes `file:line:col` only when displayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The program's file name, as given.
+    pub file: String,
+    pub span: Span,
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.span.line, self.span.col)
+    }
+}
+
+/// Index of an operation in [`Program::ops`] (the unrolled program order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct OpId(pub usize);
+
+impl OpId {
+    pub fn index(self) -> usize {
+        self.0
+    }
+    /// The operation after this one (or the end of the program).
+    pub fn next(self) -> OpId {
+        OpId(self.0 + 1)
+    }
+}
+
+impl std::ops::Index<OpId> for [Op] {
+    type Output = Op;
+    fn index(&self, k: OpId) -> &Op {
+        &self[k.0]
+    }
+}
+
+impl std::ops::Index<OpId> for Vec<Op> {
+    type Output = Op;
+    fn index(&self, k: OpId) -> &Op {
+        &self[k.0]
+    }
+}
+
+impl std::fmt::Display for OpId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// A register read, possibly transposed (free: an index map).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Operand {
@@ -253,7 +303,7 @@ impl ColumnSet {
     }
 }
 
-/// Column pattern of a `mov` (DESIGN §2). Every pattern reads only columns ≤ t.
+/// Column pattern of a `mov` (docs/LANGUAGE.md). Every pattern reads only columns ≤ t.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Pattern {
@@ -513,9 +563,20 @@ impl Program {
     pub fn assumptions_on(&self, reg: RegId) -> impl Iterator<Item = &Assumption> {
         self.assumptions.iter().filter(move |a| a.reg == reg)
     }
-    /// `file:line:col` of a span.
-    pub fn location(&self, span: Span) -> String {
-        format!("{}:{}:{}", self.source.name, span.line, span.col)
+    /// Where `span` is in this program's source (displayed as `file:line:col`).
+    pub fn location(&self, span: Span) -> Location {
+        Location {
+            file: self.source.name.clone(),
+            span,
+        }
+    }
+    /// Operation `k` of the unrolled program.
+    pub fn op(&self, k: OpId) -> &Op {
+        &self.ops[k.0]
+    }
+    /// Every operation id, in program order.
+    pub fn op_ids(&self) -> impl Iterator<Item = OpId> {
+        (0..self.ops.len()).map(OpId)
     }
 }
 

@@ -1,6 +1,7 @@
 //! `layout.json`: where every register lives in the hidden state of a compiled model, and which
 //! operations each layer performs (docs/FORMATS.md). Written by `emit`, read back by `certify`.
 
+use crate::ir::OpId;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -52,7 +53,7 @@ pub enum OpPart {
 #[serde(deny_unknown_fields)]
 pub struct PlacedOp {
     /// Index into the unrolled program's operations.
-    pub op: usize,
+    pub op: OpId,
     pub part: OpPart,
     /// The statement text, for people.
     pub text: String,

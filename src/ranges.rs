@@ -10,7 +10,7 @@
 //! then widened outward by one ulp (`next_down`/`next_up`), which encloses the exact real result
 //! of a single operation on exact endpoints. Sums are widened after every addition.
 
-use crate::ir::{Bound, Builtin, OpKind, Program, RegId, RegKind, RegMap};
+use crate::ir::{Bound, Builtin, Location, OpId, OpKind, Program, RegId, RegKind, RegMap};
 
 /// A closed interval `[lo, hi]`; `lo` may be −∞ and `hi` +∞.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -142,17 +142,17 @@ pub enum RangeError {
          element {elem} of `{reg}` lies in {found}, which the assumption excludes entirely"
     )]
     Contradiction {
-        at: String,
+        at: Location,
         assumption: String,
         op: String,
-        op_at: String,
+        op_at: Location,
         reg: String,
         elem: usize,
         found: Interval,
     },
     #[error("{at}: `{op}` divides by `{den}`, whose range {found} contains 0 (state `assume {den} >= c` with c > 0)")]
     DivisorMayBeZero {
-        at: String,
+        at: Location,
         op: String,
         den: String,
         found: Interval,
@@ -171,8 +171,8 @@ pub struct Ranges {
 
 impl Ranges {
     /// Per-element intervals of `reg` just before op `k` (`k == ops.len()`: after the last op).
-    pub fn before_op(&self, k: usize, reg: RegId) -> Option<&[Interval]> {
-        self.states.get(k)?.get(reg)?.as_deref()
+    pub fn before_op(&self, k: OpId, reg: RegId) -> Option<&[Interval]> {
+        self.states.get(k.index())?.get(reg)?.as_deref()
     }
     /// Per-element intervals of `reg` over the whole run (every write, every column); a register
     /// never written gets `[0, 0]` per element.
@@ -455,8 +455,8 @@ mod tests {
         assert!(den.hi >= 19.0 && den.hi < 19.0 + 1e-12);
         let q = r.reg_hull(RegId(5));
         assert!(q[1].abs_max() >= 3.0 && q[1].abs_max() < 3.0 + 1e-12);
-        assert!(r.before_op(0, RegId(2)).is_none());
-        assert!(r.before_op(1, RegId(2)).is_some());
+        assert!(r.before_op(OpId(0), RegId(2)).is_none());
+        assert!(r.before_op(OpId(1), RegId(2)).is_some());
     }
 
     #[test]

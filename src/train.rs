@@ -44,6 +44,30 @@ pub enum TrainError {
 
 pub type Result<T> = std::result::Result<T, TrainError>;
 
+/// A training config whose values the TOML shape allows but training cannot use; each names
+/// its field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TrainConfigError {
+    #[error("field `{field}`: must be at least 1, found 0")]
+    Zero { field: &'static str },
+    #[error("field `model.heads`: {heads} heads do not divide width {width} (head size = width / heads)")]
+    HeadsDoNotDivide { heads: usize, width: usize },
+    #[error("field `{field}`: must be a finite number >= 0, found {value}")]
+    NotFiniteNonNegative { field: &'static str, value: f64 },
+    #[error("field `{field}`: must be finite, found {value}")]
+    NotFinite { field: &'static str, value: f64 },
+    #[error(
+        "field `model.ln_eps`: must be > 0 for training (a zero-variance column would divide by 0)"
+    )]
+    ZeroLayerNormEps,
+    #[error("field `{field}`: must be in [0, 1), found {value}")]
+    NotInUnitInterval { field: &'static str, value: f64 },
+    #[error("fields `model.momentum_eta` and `model.momentum_learned`: choose one")]
+    MomentumFixedAndLearned,
+    #[error("field `{field}`: must be a positive number, found {value}")]
+    NotPositive { field: &'static str, value: f64 },
+}
+
 fn io_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
     TrainError::Io {
         path: path.display().to_string(),
@@ -172,93 +196,83 @@ pub struct TrainConfig {
 
 impl TrainConfig {
     /// Checks beyond the TOML shape, each naming its field.
-    pub fn validate(&self) -> std::result::Result<(), String> {
-        let t = &self.task;
-        let m = &self.model;
-        let o = &self.train;
-        let pos = |v: usize, f: &str| {
-            if v == 0 {
-                Err(format!("field `{f}`: must be at least 1, found 0"))
-            } else {
-                Ok(())
-            }
-        };
-        pos(t.d, "task.d")?;
-        pos(t.n, "task.n")?;
-        pos(m.layers, "model.layers")?;
-        pos(m.width, "model.width")?;
-        pos(m.heads, "model.heads")?;
-        pos(o.steps, "train.steps")?;
-        pos(o.batch, "train.batch")?;
-        pos(o.checkpoint_every, "train.checkpoint_every")?;
-        pos(o.log_every, "train.log_every")?;
+    pub fn validate(&self) -> std::result::Result<(), TrainConfigError> {
+        use TrainConfigError as E;
+        let (t, m, o) = (&self.task, &self.model, &self.train);
+        let positive_counts = [
+            (t.d, "task.d"),
+            (t.n, "task.n"),
+            (m.layers, "model.layers"),
+            (m.width, "model.width"),
+            (m.heads, "model.heads"),
+            (o.steps, "train.steps"),
+            (o.batch, "train.batch"),
+            (o.checkpoint_every, "train.checkpoint_every"),
+            (o.log_every, "train.log_every"),
+            (m.mlp_hidden.unwrap_or(1), "model.mlp_hidden"),
+        ];
+        if let Some(&(_, field)) = positive_counts.iter().find(|(v, _)| *v == 0) {
+            return Err(E::Zero { field });
+        }
         if !m.width.is_multiple_of(m.heads) {
-            return Err(format!(
-                "field `model.heads`: {} heads do not divide width {} (head size = width / heads)",
-                m.heads, m.width
-            ));
+            return Err(E::HeadsDoNotDivide {
+                heads: m.heads,
+                width: m.width,
+            });
         }
-        if m.mlp_hidden == Some(0) {
-            return Err("field `model.mlp_hidden`: must be at least 1, found 0".into());
-        }
-        let finite_nonneg = |v: f64, f: &str| {
-            if v.is_finite() && v >= 0.0 {
+        let finite_nonneg = |value: f64, field: &'static str| {
+            if value.is_finite() && value >= 0.0 {
                 Ok(())
             } else {
-                Err(format!(
-                    "field `{f}`: must be a finite number >= 0, found {v}"
-                ))
+                Err(E::NotFiniteNonNegative { field, value })
             }
         };
         finite_nonneg(t.w_std, "task.w_std")?;
         finite_nonneg(t.noise_std, "task.noise_std")?;
         finite_nonneg(t.x_scale, "task.x_scale")?;
         if !t.x_shift.is_finite() {
-            return Err(format!(
-                "field `task.x_shift`: must be finite, found {}",
-                t.x_shift
-            ));
+            return Err(E::NotFinite {
+                field: "task.x_shift",
+                value: t.x_shift,
+            });
         }
         finite_nonneg(m.ln_eps, "model.ln_eps")?;
         if m.ln_eps == 0.0 {
-            return Err("field `model.ln_eps`: must be > 0 for training (a zero-variance column would divide by 0)".into());
+            return Err(E::ZeroLayerNormEps);
         }
         if let Some(eta) = m.momentum_eta {
             if !(eta.is_finite() && (0.0..1.0).contains(&eta)) {
-                return Err(format!(
-                    "field `model.momentum_eta`: must be in [0, 1), found {eta}"
-                ));
+                return Err(E::NotInUnitInterval {
+                    field: "model.momentum_eta",
+                    value: eta,
+                });
             }
             if m.momentum_learned {
-                return Err(
-                    "fields `model.momentum_eta` and `model.momentum_learned`: choose one".into(),
-                );
+                return Err(E::MomentumFixedAndLearned);
             }
         }
         if !(o.lr.is_finite() && o.lr > 0.0) {
-            return Err(format!(
-                "field `train.lr`: must be a positive number, found {}",
-                o.lr
-            ));
+            return Err(E::NotPositive {
+                field: "train.lr",
+                value: o.lr,
+            });
         }
         finite_nonneg(o.weight_decay, "train.weight_decay")?;
         finite_nonneg(o.clip, "train.clip")?;
-        for (v, f) in [(o.beta1, "train.beta1"), (o.beta2, "train.beta2")] {
-            if !(0.0..1.0).contains(&v) {
-                return Err(format!("field `{f}`: must be in [0, 1), found {v}"));
+        for (value, field) in [
+            (o.beta1, "train.beta1"),
+            (o.beta2, "train.beta2"),
+            (o.warmup_frac, "train.warmup_frac"),
+        ] {
+            if !(0.0..1.0).contains(&value) {
+                return Err(E::NotInUnitInterval { field, value });
             }
         }
         if !(o.adam_eps.is_finite() && o.adam_eps > 0.0) {
-            return Err(format!(
-                "field `train.adam_eps`: must be > 0, found {}",
-                o.adam_eps
-            ));
-        }
-        if !(0.0..1.0).contains(&o.warmup_frac) {
-            return Err(format!(
-                "field `train.warmup_frac`: must be in [0, 1), found {}",
-                o.warmup_frac
-            ));
+            return Err(E::NotPositive {
+                field: "train.adam_eps",
+                value: o.adam_eps,
+            });
         }
         Ok(())
     }
@@ -356,7 +370,7 @@ pub fn parse_config(text: &str, path: &str, sets: &[String]) -> Result<TrainConf
     let cfg: TrainConfig = toml::Value::Table(value)
         .try_into()
         .map_err(|e: toml::de::Error| cerr(e.to_string().trim().to_string()))?;
-    cfg.validate().map_err(cerr)?;
+    cfg.validate().map_err(|e| cerr(e.to_string()))?;
     Ok(cfg)
 }
 
@@ -743,9 +757,9 @@ pub fn fresh(cfg: &TrainConfig, device: &Device) -> Result<(Transformer, AdamW)>
 
 /// Train (or resume) a model as `cfg` says, writing to `opts.out`.
 pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
-    cfg.validate().map_err(|msg| TrainError::Config {
+    cfg.validate().map_err(|e| TrainError::Config {
         path: "<config>".into(),
-        msg,
+        msg: e.to_string(),
     })?;
     let out = &opts.out;
     let saved_cfg = out.join("train.toml");

@@ -145,6 +145,18 @@ fn the_untouched_model_is_accepted_with_the_right_verdicts() {
 }
 
 #[test]
+fn a_malformed_program_is_rejected_before_any_weight_is_read() {
+    let mut p = program();
+    p.output = icl::ir::RegId(p.registers.len());
+    let err = certify::certify_model(&p, &files()).unwrap_err();
+    assert!(
+        err.to_string().contains("the program is malformed")
+            && err.to_string().contains("the output is register"),
+        "{err}"
+    );
+}
+
+#[test]
 fn one_changed_weight_is_rejected() {
     // mul s <- u^T * u: the unit for u_0·u_0 gets gate weight 2.
     let msg = corrupted(|f| {

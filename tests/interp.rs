@@ -621,13 +621,13 @@ fn assumption_violation_names_the_operation_column_and_value() {
             ..
         } => {
             assert_eq!(assumption, "assume c in [0, 2.5]");
-            assert_eq!(assumption_location, "hand.icl:2:1");
+            assert_eq!(assumption_location.to_string(), "hand.icl:2:1");
             assert_eq!(register, "c");
             assert_eq!(*column, 0);
             assert_eq!(*value, -1.0);
             let w = written_by.as_ref().unwrap();
             assert_eq!(w.text, "aff c <- 2 * count - 1");
-            assert_eq!(w.location, "hand.icl:1:1");
+            assert_eq!(w.location.to_string(), "hand.icl:1:1");
         }
         e => panic!("wrong error {e:?}"),
     }

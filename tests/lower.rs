@@ -9,7 +9,7 @@ use icl::ir::*;
 use icl::lower::{self, alloc, schedule, LowerError, LowerOptions};
 use icl::model::config::DType;
 
-/// Online ridge by Sherman–Morrison updates (DESIGN's ridge.icl, by hand), with output the
+/// Online ridge by Sherman–Morrison updates (programs/ridge.icl, by hand), with output the
 /// prediction wᵀx at every column.
 fn ridge(d: usize, n: usize, lambda: f64) -> Program {
     let mut b = Builder::new("ridge.icl", d, n);
@@ -219,6 +219,35 @@ fn division_into_its_own_operand_is_rejected() {
 }
 
 #[test]
+fn a_malformed_hand_built_program_is_rejected_before_lowering() {
+    let mut b = Builder::new("bad.icl", 1, 1);
+    let x = b.input(Builtin::X);
+    let v = b.reg("v", 1, 1);
+    b.aff(v, &[(1.0, x)], 0.0);
+    b.assume(x, -1.0, 1.0);
+    let mut p = b.output(v);
+    // The mov writes the input: the front end never builds this, ir::validate must catch it.
+    p.ops.push(Op {
+        kind: OpKind::Mov {
+            dst: x,
+            src: v,
+            pattern: Pattern::Prev,
+        },
+        span: Span::default(),
+        text: "mov x <- v from prev".into(),
+        iteration: vec![],
+    });
+    match lower::compile(&p, &LowerOptions::default()) {
+        Err(LowerError::Malformed(ValidateError::WritesInput {
+            op: OpId(1), reg, ..
+        })) => {
+            assert_eq!(reg, x)
+        }
+        other => panic!("expected the validator's WritesInput, got {other:?}"),
+    }
+}
+
+#[test]
 fn overflowing_payload_is_a_clear_error() {
     let mut b = Builder::new("big.icl", 1, 1);
     let x = b.input(Builtin::X);
@@ -344,7 +373,7 @@ fn layout_names_every_row_and_places_every_op() {
     let mut seen = vec![0; p.ops.len()];
     for layer in &l.layers {
         for po in layer.attn.iter().chain(&layer.mlp) {
-            seen[po.op] += 1;
+            seen[po.op.index()] += 1;
         }
     }
     for (k, op) in p.ops.iter().enumerate() {

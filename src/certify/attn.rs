@@ -24,7 +24,7 @@ use super::exact::Dy;
 use super::state::{check_operand, Content, Ctx, RowState, Step};
 use super::structure::check_disjoint;
 use super::weights::Stored;
-use crate::ir::{OpKind, Pattern, RegId};
+use crate::ir::{OpId, OpKind, Pattern, RegId};
 use crate::layout::{DivConstants, OpPart, PlacedOp};
 use crate::model::config::AttnConfig;
 use crate::model::schema::Attention;
@@ -54,7 +54,7 @@ pub fn self_key(cols: usize) -> PatKey {
 /// What the attention half of a division leaves for its MLP half.
 #[derive(Debug, Clone)]
 pub struct PrepInfo {
-    pub op: usize,
+    pub op: OpId,
     /// Payload scale P (rows p1, p2 hold +P·den, −P·den).
     pub scale: Dy,
 }
@@ -317,7 +317,7 @@ fn expected(
 /// rest of the form is fixed by it. Returns P.
 fn expect_div_prep(
     step: &Step,
-    k: usize,
+    k: OpId,
     dst: RegId,
     den: RegId,
     sk: usize,

@@ -4,7 +4,7 @@
 //! each bound is ≥ the exact real quantity it stands for.
 
 use super::{Ctx, RowState};
-use crate::ir::OpKind;
+use crate::ir::{OpId, OpKind};
 
 /// a + b rounded up (a, b ≥ 0).
 pub fn add_up(a: f64, b: f64) -> f64 {
@@ -48,7 +48,7 @@ pub fn div_up(a: f64, b: f64) -> f64 {
 /// - aff: |Σ C·s̃ − Σ C·s| ≤ Σ |C|·e_s.
 ///
 /// |A|, |B| are the program's ranges of the values the rows hold.
-pub fn op_error(ctx: &Ctx, k: usize, state: &[RowState]) -> Vec<f64> {
+pub fn op_error(ctx: &Ctx, k: OpId, state: &[RowState]) -> Vec<f64> {
     let p = ctx.p;
     let absmax = |r: usize| ctx.content_range(&state[r].content).abs_max();
     match &p.ops[k].kind {

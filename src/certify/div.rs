@@ -19,7 +19,7 @@ use super::{
     attn::PrepInfo, mlp::ApplyInfo, CertifyError, Content, Ctx, ExtF64, LayerCertificate, Part,
     RangeValue, RowState, Verdict,
 };
-use crate::ir::OpKind;
+use crate::ir::{OpId, OpKind};
 use crate::layout::DivConstants;
 use crate::ranges::Interval;
 use num_rational::BigRational;
@@ -55,7 +55,7 @@ pub fn relative_bound(
 /// (`recorded`; `None`: not a finite number), checked to equal the one its weights have.
 pub fn check_layout_constant(
     step: &Step,
-    k: usize,
+    k: OpId,
     what: &str,
     recorded: impl Fn(&DivConstants) -> Option<Dy>,
     weights: &Dy,
@@ -153,7 +153,7 @@ pub fn certify_division(
 /// on the construction.
 fn record(
     ctx: &Ctx,
-    k: usize,
+    k: OpId,
     prep: &PrepInfo,
     apply: &ApplyInfo,
     (eps, den_range, r_exact): (f64, Interval, f64),
@@ -192,7 +192,7 @@ fn record(
 /// R perturbed by the rows' errors) multiplies the result's range.
 fn write_result(
     ctx: &Ctx,
-    k: usize,
+    k: OpId,
     prep: &PrepInfo,
     apply: &ApplyInfo,
     (r_pert, den_min): (f64, f64),
@@ -213,7 +213,7 @@ fn write_result(
     };
     let eps_p = relative_bound(&prep.scale, &apply.gain, ctx.width, r_pert, dmin_p)
         .unwrap_or(f64::INFINITY);
-    let after = ctx.ranges.before_op(k + 1, dst);
+    let after = ctx.ranges.before_op(k.next(), dst);
     for e in 0..p.reg(dst).shape.size() {
         let rn = ctx.row(num, e);
         let e_num = state[rn].err;

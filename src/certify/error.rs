@@ -1,7 +1,7 @@
 //! A rejection, cranelift-verifier style: one error type carrying what it is about — the layer,
 //! the part, the operation — as typed values; `file:line:col` is formatted only when displayed.
 
-use crate::ir::{Program, Span};
+use crate::ir::{Location, OpId, Program};
 
 /// Which part of the model an error is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,34 +21,27 @@ pub enum Part {
 #[derive(Debug, Clone, PartialEq)]
 pub struct OpSite {
     /// Index of the operation in the unrolled program.
-    pub index: usize,
+    pub index: OpId,
     pub text: String,
-    /// The program's file name, as given.
-    pub file: String,
-    pub span: Span,
+    pub at: Location,
 }
 
 impl OpSite {
     /// Operation `k` of `p`.
-    pub fn of(p: &Program, k: usize) -> Box<OpSite> {
-        let op = &p.ops[k];
+    pub fn of(p: &Program, k: OpId) -> Box<OpSite> {
+        let op = p.op(k);
         Box::new(OpSite {
             index: k,
             text: op.text.clone(),
-            file: p.source.name.clone(),
-            span: op.span,
+            at: p.location(op.span),
         })
     }
 }
 
-/// `text, file:line:col` (the location as [`Program::location`] writes it).
+/// `text, file:line:col`.
 impl std::fmt::Display for OpSite {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}, {}:{}:{}",
-            self.text, self.file, self.span.line, self.span.col
-        )
+        write!(f, "{}, {}", self.text, self.at)
     }
 }
 

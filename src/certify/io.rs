@@ -6,7 +6,7 @@ use super::coeffs::{compare, Coeffs, Mismatch};
 use super::error::{CertifyError, Part};
 use super::exact::Dy;
 use super::state::{Content, Ctx, RowState};
-use crate::ir::{Builtin, Shape};
+use crate::ir::{Builtin, OpId, Shape};
 
 /// A term of one embedding row: the weight on token entry j (0 = y, 1+i = x[i]), or the
 /// constant (bias + position) at column t.
@@ -254,7 +254,11 @@ pub fn check_readout(ctx: &Ctx, state: &[RowState]) -> Result<f64, CertifyError>
     let p = ctx.p;
     let row = output_row(ctx)?;
     check_readout_weights(ctx, row)?;
-    let last = p.ops.iter().rposition(|o| o.kind.dst() == p.output);
+    let last = p
+        .ops
+        .iter()
+        .rposition(|o| o.kind.dst() == p.output)
+        .map(OpId);
     let want = Content::Val {
         reg: p.output,
         elem: 0,

@@ -26,7 +26,7 @@ use super::exact::Dy;
 use super::state::{check_operand, Content, Ctx, RowState, Step};
 use super::structure::check_disjoint;
 use super::weights::Stored;
-use crate::ir::{AffTerm, OpKind, Operand, RegId};
+use crate::ir::{AffTerm, OpId, OpKind, Operand, RegId};
 use crate::layout::{DivConstants, OpPart, PlacedOp};
 use crate::model::config::{MlpConfig, MlpKind, NormConfig};
 use crate::model::schema::{Linear, Mlp, Norm};
@@ -54,7 +54,7 @@ fn quad(i: usize, j: usize) -> Term {
 /// What the MLP half of a division leaves for the bound.
 #[derive(Debug, Clone)]
 pub struct ApplyInfo {
-    pub op: usize,
+    pub op: OpId,
     pub gain: Dy,
     pub eps: f64,
 }
@@ -280,7 +280,7 @@ fn expect_mul(ctx: &Ctx, dst: RegId, a: &Operand, b: &Operand, rows: &mut [Poly]
 /// `aff dst <- Σ C·src + b` (operation `k`): row dst_e = Σ C[e,j] m_{src_j} + b_e − m_{dst_e}.
 fn expect_aff(
     step: &Step,
-    k: usize,
+    k: OpId,
     dst: RegId,
     terms: &[AffTerm],
     bias: &[f64],
@@ -312,7 +312,7 @@ fn expect_aff(
 /// gain·gain_up); the rest of the form is fixed by it. Returns g.
 fn expect_div_apply(
     step: &Step,
-    k: usize,
+    k: OpId,
     dst: RegId,
     num: RegId,
     derived: &[Poly],
@@ -400,7 +400,7 @@ fn compare_rows(
 /// Advance the symbolic state: every mul and aff writes its destination with the error
 /// [`super::bound::op_error`] propagates (a division's destination is written by `div`).
 fn advance(ctx: &Ctx, ops: &[PlacedOp], state: &mut [RowState]) {
-    let errs: Vec<(usize, Vec<f64>)> = ops
+    let errs: Vec<(OpId, Vec<f64>)> = ops
         .iter()
         .filter(|po| po.part == OpPart::Whole)
         .map(|po| (po.op, super::bound::op_error(ctx, po.op, state)))

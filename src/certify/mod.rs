@@ -66,6 +66,8 @@ pub struct ModelFiles {
 /// validation figures, which `icl-compile` measures).
 pub fn certify_model(p: &Program, files: &ModelFiles) -> Result<Certificate, CertifyError> {
     let cfg = &files.config;
+    crate::ir::validate(p)
+        .map_err(|e| CertifyError::new(Part::Files, format!("the program is malformed: {e}")))?;
     structure::check_config(p, files)?;
     let ranges = crate::ranges::analyze(p).map_err(|e| {
         CertifyError::new(
@@ -137,7 +139,7 @@ fn certificate(
             .iter()
             .map(|a| AssumptionRecord {
                 text: a.text.clone(),
-                at: p.location(a.span),
+                at: p.location(a.span).to_string(),
                 register: p.reg(a.reg).name.clone(),
             })
             .collect(),

@@ -4,7 +4,7 @@
 
 use super::error::{CertifyError, OpSite, Part};
 use super::weights::Stored;
-use crate::ir::{operand_index, Builtin, Program, RegId, RegKind, RegMap};
+use crate::ir::{operand_index, Builtin, OpId, Program, RegId, RegKind, RegMap};
 use crate::layout::{Layout, OpPart, PlacedOp};
 use crate::model::config::ModelConfig;
 use crate::model::schema::Weights;
@@ -22,12 +22,12 @@ pub enum Content {
     Val {
         reg: RegId,
         elem: usize,
-        ver: Option<usize>,
+        ver: Option<OpId>,
     },
     /// Cleared (0) by the attention half of the division `op`, to be written by its MLP half.
-    Cleared(usize),
+    Cleared(OpId),
     /// A payload row of the division `op` (±P·den).
-    Payload(usize),
+    Payload(OpId),
 }
 
 /// A row's content and a bound on |model value − program value| there (end-to-end analysis).
@@ -104,11 +104,11 @@ impl<'a> Ctx<'a> {
         }
     }
     /// `text, file:line:col` of operation `k` (as the certificate lists it).
-    pub fn op_label(&self, k: usize) -> String {
+    pub fn op_label(&self, k: OpId) -> String {
         OpSite::of(self.p, k).to_string()
     }
     /// An error about op `k` in layer `l`.
-    pub fn op_err(&self, l: usize, part: Part, k: Option<usize>, msg: String) -> CertifyError {
+    pub fn op_err(&self, l: usize, part: Part, k: Option<OpId>, msg: String) -> CertifyError {
         CertifyError {
             layer: Some(l),
             part,
@@ -123,7 +123,7 @@ impl<'a> Ctx<'a> {
             Content::Builtin(b, _) => builtin_range(self.p, *b),
             Content::Val { reg, elem, ver } => {
                 // The value written by op `ver` is the state just before op ver+1.
-                let k = ver.map(|v| v + 1).unwrap_or(0);
+                let k = ver.map_or(OpId(0), OpId::next);
                 self.ranges
                     .before_op(k, *reg)
                     .and_then(|v| v.get(*elem).copied())
@@ -146,12 +146,15 @@ fn builtin_range(p: &Program, b: Builtin) -> Interval {
 }
 
 /// The version of `reg` operation `k` reads in the program: the last write before k.
-pub fn version_read(p: &Program, k: usize, reg: RegId) -> Option<usize> {
-    p.ops[..k].iter().rposition(|o| o.kind.dst() == reg)
+pub fn version_read(p: &Program, k: OpId, reg: RegId) -> Option<OpId> {
+    p.ops[..k.index()]
+        .iter()
+        .rposition(|o| o.kind.dst() == reg)
+        .map(OpId)
 }
 
 /// How a message names the writer of a version: `as written by …` or `from the embedding`.
-fn written_by(p: &Program, ver: Option<usize>, with_index: bool) -> String {
+fn written_by(p: &Program, ver: Option<OpId>, with_index: bool) -> String {
     match ver {
         Some(v) if with_index => format!("as written by op {v} (`{}`)", p.ops[v].text),
         Some(v) => format!("as written by `{}`", p.ops[v].text),
@@ -164,7 +167,7 @@ pub fn check_operand(
     ctx: &Ctx,
     l: usize,
     part: Part,
-    k: usize,
+    k: OpId,
     reg: RegId,
     state: &[RowState],
 ) -> Result<(), CertifyError> {
@@ -218,7 +221,7 @@ pub fn written_rows(ctx: &Ctx, po: &PlacedOp) -> Option<Vec<usize>> {
 }
 
 /// Map from a hidden row to the op (of a list) whose destination covers it.
-pub fn writer_of(ctx: &Ctx, ops: &[PlacedOp]) -> BTreeMap<usize, usize> {
+pub fn writer_of(ctx: &Ctx, ops: &[PlacedOp]) -> BTreeMap<usize, OpId> {
     let mut m = BTreeMap::new();
     for po in ops {
         let dst = ctx.p.ops[po.op].kind.dst();
@@ -239,7 +242,7 @@ pub struct Step<'c, 'a> {
     pub part: Part,
     pub ops: &'c [PlacedOp],
     /// Row → the operation of the step writing it ([`writer_of`]).
-    pub writer: BTreeMap<usize, usize>,
+    pub writer: BTreeMap<usize, OpId>,
 }
 
 impl<'c, 'a> Step<'c, 'a> {
@@ -253,11 +256,11 @@ impl<'c, 'a> Step<'c, 'a> {
         }
     }
     /// The step's first operation (what a layer-wide error cites).
-    pub fn first_op(&self) -> Option<usize> {
+    pub fn first_op(&self) -> Option<OpId> {
         self.ops.first().map(|o| o.op)
     }
     /// An error about operation `k` of this step.
-    pub fn err(&self, k: Option<usize>, msg: String) -> CertifyError {
+    pub fn err(&self, k: Option<OpId>, msg: String) -> CertifyError {
         self.ctx.op_err(self.layer, self.part, k, msg)
     }
     /// An error about row `r`, citing the operation of this step that writes it (if any).

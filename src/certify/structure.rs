@@ -5,7 +5,7 @@
 use super::error::{CertifyError, OpSite, Part};
 use super::state::{written_rows, Ctx};
 use super::ModelFiles;
-use crate::ir::{Builtin, OpKind, Program, RegKind, RegMap, Register};
+use crate::ir::{Builtin, OpId, OpKind, Program, RegKind, RegMap, Register};
 use crate::layout::{Layout, OpPart, PlacedOp};
 use crate::model::config::{ModelKind, MODEL_FORMAT};
 use std::collections::{BTreeMap, BTreeSet};
@@ -245,12 +245,12 @@ pub fn check_placements(ctx: &Ctx) -> Result<Vec<LayerPlacement>, CertifyError> 
         for (is_attn, list) in [(true, &lo.attn), (false, &lo.mlp)] {
             for po in list {
                 check_placed_op(ctx, l, is_attn, po)?;
-                seen[po.op].push((l, po.part, is_attn));
+                seen[po.op.index()].push((l, po.part, is_attn));
             }
         }
         out.push((lo.attn.clone(), lo.mlp.clone()));
     }
-    for (k, s) in seen.iter().enumerate() {
+    for (k, s) in ctx.p.op_ids().zip(&seen) {
         check_placed_once(ctx, k, s)?;
     }
     Ok(out)
@@ -261,7 +261,7 @@ pub fn check_placements(ctx: &Ctx) -> Result<Vec<LayerPlacement>, CertifyError> 
 fn check_placed_op(ctx: &Ctx, l: usize, is_attn: bool, po: &PlacedOp) -> Result<(), CertifyError> {
     let p = ctx.p;
     let part = if is_attn { Part::Attention } else { Part::Mlp };
-    let op = p.ops.get(po.op).ok_or_else(|| {
+    let op = p.ops.get(po.op.index()).ok_or_else(|| {
         ctx.op_err(
             l,
             part,
@@ -274,7 +274,7 @@ fn check_placed_op(ctx: &Ctx, l: usize, is_attn: bool, po: &PlacedOp) -> Result<
             ),
         )
     })?;
-    if po.text != op.text || po.at != p.location(op.span) {
+    if po.text != op.text || po.at != p.location(op.span).to_string() {
         return Err(ctx.op_err(
             l,
             part,
@@ -313,7 +313,7 @@ fn check_placed_op(ctx: &Ctx, l: usize, is_attn: bool, po: &PlacedOp) -> Result<
 /// in one layer.
 fn check_placed_once(
     ctx: &Ctx,
-    k: usize,
+    k: OpId,
     seen: &[(usize, OpPart, bool)],
 ) -> Result<(), CertifyError> {
     let ok = match &ctx.p.ops[k].kind {
@@ -347,7 +347,7 @@ pub fn check_disjoint(
     part: Part,
     ops: &[PlacedOp],
 ) -> Result<(), CertifyError> {
-    let mut owner: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut owner: BTreeMap<usize, OpId> = BTreeMap::new();
     for po in ops {
         let rows = written_rows(ctx, po).ok_or_else(|| {
             ctx.op_err(

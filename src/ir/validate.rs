@@ -15,7 +15,7 @@
 //! numerator and destination alike, a scalar denominator; `aff`: a |dst|-entry bias and
 //! |dst|·|src| coefficients per term, |src| the size of the whole source register).
 
-use super::{Builtin, OpKind, Pattern, Program, RegId, RegKind, Shape};
+use super::{Builtin, OpId, OpKind, Pattern, Program, RegId, RegKind, Shape};
 use std::fmt;
 
 /// Where in an operation a register id stands.
@@ -98,41 +98,41 @@ pub enum ValidateError {
     },
     #[error("op {op}: {role} is register {reg}, but there are {count} registers")]
     RegisterOutOfRange {
-        op: usize,
+        op: OpId,
         role: Role,
         reg: RegId,
         count: usize,
     },
     #[error("op {op} writes the input register {reg} (`{name}`)")]
-    WritesInput { op: usize, reg: RegId, name: String },
+    WritesInput { op: OpId, reg: RegId, name: String },
     #[error("op {op}: mov from a {src} register into a {dst} one")]
-    MovShape { op: usize, src: Shape, dst: Shape },
+    MovShape { op: OpId, src: Shape, dst: Shape },
     #[error("op {op}: col({column}) is past the last column {}", .columns - 1)]
     ColumnOutOfRange {
-        op: usize,
+        op: OpId,
         column: usize,
         columns: usize,
     },
     #[error("op {op}: mul of {a} by {b} does not give the destination's {dst}")]
     MulShape {
-        op: usize,
+        op: OpId,
         a: Shape,
         b: Shape,
         dst: Shape,
     },
     #[error("op {op}: div of a {num} numerator into a {dst} destination")]
-    DivShape { op: usize, num: Shape, dst: Shape },
+    DivShape { op: OpId, num: Shape, dst: Shape },
     #[error("op {op}: the denominator is {den}, not a scalar")]
-    DivDenominator { op: usize, den: Shape },
+    DivDenominator { op: OpId, den: Shape },
     #[error("op {op}: the bias has {found} entries, the destination {expected}")]
     AffBias {
-        op: usize,
+        op: OpId,
         found: usize,
         expected: usize,
     },
     #[error("op {op}: term {term} has {found} coefficients, expected |dst|·|src| = {dst}·{src}")]
     AffCoefficients {
-        op: usize,
+        op: OpId,
         term: usize,
         found: usize,
         dst: usize,
@@ -142,7 +142,7 @@ pub enum ValidateError {
 
 impl ValidateError {
     /// The operation the error is about, if it is about one.
-    pub fn op(&self) -> Option<usize> {
+    pub fn op(&self) -> Option<OpId> {
         use ValidateError::*;
         match *self {
             RegisterOutOfRange { op, .. }
@@ -193,7 +193,7 @@ pub fn validate(p: &Program) -> Result<(), ValidateError> {
             count,
         });
     }
-    (0..p.ops.len()).try_for_each(|i| op(p, i))
+    p.op_ids().try_for_each(|i| op(p, i))
 }
 
 /// Each register non-empty (and its size an integer); each input once, shaped by `d`; pinned rows above the inputs.
@@ -264,7 +264,7 @@ fn roles(kind: &OpKind) -> Vec<(Role, RegId)> {
 
 /// Operation `i`: its registers exist, its destination is not an input, its shapes agree
 /// ([`op_shapes`]).
-fn op(p: &Program, i: usize) -> Result<(), ValidateError> {
+fn op(p: &Program, i: OpId) -> Result<(), ValidateError> {
     let kind = &p.ops[i].kind;
     let count = p.registers.len();
     if let Some((role, reg)) = roles(kind).into_iter().find(|(_, r)| r.index() >= count) {
@@ -287,7 +287,7 @@ fn op(p: &Program, i: usize) -> Result<(), ValidateError> {
 }
 
 /// The shapes of operation `i` (whose register ids exist) as the front end guarantees them.
-fn op_shapes(p: &Program, i: usize) -> Result<(), ValidateError> {
+fn op_shapes(p: &Program, i: OpId) -> Result<(), ValidateError> {
     let kind = &p.ops[i].kind;
     let dshape = p.registers[kind.dst()].shape;
     let shape = |r: RegId| p.registers[r].shape;
@@ -584,7 +584,7 @@ mod tests {
                 }
             },
             ValidateError::RegisterOutOfRange {
-                op: 2,
+                op: OpId(2),
                 role: Role::Denominator,
                 reg: RegId(4),
                 count: 4,
@@ -600,7 +600,7 @@ mod tests {
                 }
             },
             ValidateError::RegisterOutOfRange {
-                op: 3,
+                op: OpId(3),
                 role: Role::Term(1),
                 reg: RegId(5),
                 count: 4,
@@ -617,7 +617,7 @@ mod tests {
                 }
             },
             ValidateError::WritesInput {
-                op: 0,
+                op: OpId(0),
                 reg: X,
                 name: "x".into(),
             },
@@ -633,7 +633,7 @@ mod tests {
                 }
             },
             ValidateError::MovShape {
-                op: 0,
+                op: OpId(0),
                 src: Shape::SCALAR,
                 dst: Shape::vec(2),
             },
@@ -645,7 +645,7 @@ mod tests {
                 }
             },
             ValidateError::ColumnOutOfRange {
-                op: 4,
+                op: OpId(4),
                 column: 5,
                 columns: 5,
             },
@@ -661,7 +661,7 @@ mod tests {
                 }
             },
             ValidateError::MulShape {
-                op: 1,
+                op: OpId(1),
                 a: Shape::vec(2),
                 b: Shape::vec(2),
                 dst: Shape::SCALAR,
@@ -676,7 +676,7 @@ mod tests {
                 }
             },
             ValidateError::MulShape {
-                op: 1,
+                op: OpId(1),
                 a: Shape::vec(2),
                 b: Shape::mat(1, 2),
                 dst: Shape::SCALAR,
@@ -693,7 +693,7 @@ mod tests {
                 }
             },
             ValidateError::DivShape {
-                op: 2,
+                op: OpId(2),
                 num: Shape::SCALAR,
                 dst: Shape::vec(2),
             },
@@ -705,7 +705,7 @@ mod tests {
                 }
             },
             ValidateError::DivDenominator {
-                op: 2,
+                op: OpId(2),
                 den: Shape::vec(2),
             },
         );
@@ -720,7 +720,7 @@ mod tests {
                 }
             },
             ValidateError::AffBias {
-                op: 3,
+                op: OpId(3),
                 found: 2,
                 expected: 1,
             },
@@ -732,7 +732,7 @@ mod tests {
                 }
             },
             ValidateError::AffCoefficients {
-                op: 3,
+                op: OpId(3),
                 term: 0,
                 found: 1,
                 dst: 1,

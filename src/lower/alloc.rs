@@ -19,15 +19,15 @@
 //! (never written).
 
 use super::schedule::{self, Schedule};
-use super::{Location, LowerError};
-use crate::ir::{Builtin, Program, RegId, RegKind, RegMap};
+use super::LowerError;
+use crate::ir::{Builtin, OpId, Program, RegId, RegKind, RegMap};
 
 /// One live range of a work register.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Web {
     pub reg: RegId,
     /// The op whose write starts it.
-    pub def_op: usize,
+    pub def_op: OpId,
     /// Stage interval `[start, end)`.
     pub start: usize,
     pub end: usize,
@@ -176,8 +176,8 @@ fn live_ranges(p: &Program, sched: &Schedule) -> Result<LiveRanges, LowerError> 
                 }
                 RegKind::Work => {
                     let w = current[reg].ok_or_else(|| LowerError::ReadBeforeWrite {
-                        at: Location::of(p, op.span),
-                        op: k,
+                        at: p.location(op.span),
+                        op: OpId(k),
                         text: op.text.clone(),
                         reg: p.reg(reg).name.clone(),
                     })?;
@@ -192,7 +192,7 @@ fn live_ranges(p: &Program, sched: &Schedule) -> Result<LiveRanges, LowerError> 
         let dst = op.kind.dst();
         if !matches!(p.reg(dst).kind, RegKind::Work) {
             return Err(LowerError::Unsupported {
-                at: Location::of(p, op.span),
+                at: p.location(op.span),
                 msg: format!(
                     "`{}` writes the built-in input `{}`",
                     op.text,
@@ -207,7 +207,7 @@ fn live_ranges(p: &Program, sched: &Schedule) -> Result<LiveRanges, LowerError> 
         };
         webs.push(Web {
             reg: dst,
-            def_op: k,
+            def_op: OpId(k),
             start: st(wf),
             end: st(wl) + 1,
             written_block: b,
@@ -283,7 +283,7 @@ fn place_pinned(p: &Program, webs: &mut [Web], occ: &mut Occupancy) -> Result<()
             let size = reg.shape.size();
             if row <= d || (row..row + size).any(|r| r < occ.reserved.len() && occ.reserved[r]) {
                 return Err(LowerError::Unsupported {
-                    at: Location::of(p, reg.span),
+                    at: p.location(reg.span),
                     msg: format!(
                         "register `{}` is pinned to rows {}..{}, which overlap the input rows",
                         reg.name,
@@ -294,7 +294,7 @@ fn place_pinned(p: &Program, webs: &mut [Web], occ: &mut Occupancy) -> Result<()
             }
             if !occ.free(row, size, (web.start, web.end)) {
                 return Err(LowerError::Unsupported {
-                    at: Location::of(p, reg.span),
+                    at: p.location(reg.span),
                     msg: format!(
                         "register `{}` is pinned to rows {}..{}, which another pinned register \
                          occupies while it is live (live range {wi}, from `{}`)",

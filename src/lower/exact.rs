@@ -12,8 +12,10 @@
 
 use super::alloc::{allocate, Allocation};
 use super::schedule::{schedule, Schedule};
-use super::{Location, LowerError};
-use crate::ir::{operand_index, Builtin, OpKind, Pattern, Program, RegId, RegKind, Shape};
+use super::LowerError;
+use crate::ir::{
+    operand_index, Builtin, Location, OpId, OpKind, Pattern, Program, RegId, RegKind, Shape,
+};
 use crate::layout::{
     DivConstants, LayerOps, Layout, OpPart, OutputPlacement, PlacedOp, RegisterPlacement, RowNames,
     LAYOUT_FORMAT,
@@ -42,7 +44,7 @@ impl Default for LowerOptions {
 /// The constants and bound of one LayerNorm division.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DivReport {
-    pub op: usize,
+    pub op: OpId,
     pub layer: usize,
     pub text: String,
     pub at: Location,
@@ -132,6 +134,7 @@ fn elem_name(name: &str, shape: Shape, e: usize) -> String {
 /// every block from its ops' constructions, then write the planned blocks into tensors named by
 /// [`Weights::spec`] of the resulting config.
 pub fn compile(p: &Program, opts: &LowerOptions) -> Result<Compiled, LowerError> {
+    crate::ir::validate(p)?;
     check_division_operands(p)?;
     let ranges = analyze(p)?;
     let sched = schedule(p);
@@ -187,7 +190,7 @@ fn check_division_operands(p: &Program) -> Result<(), LowerError> {
         if let OpKind::Div { dst, num, den } = op.kind {
             if dst == num || dst == den {
                 return Err(LowerError::Unsupported {
-                    at: Location::of(p, op.span),
+                    at: p.location(op.span),
                     msg: format!(
                         "`{}` writes its own {}; the LayerNorm division clears dst before it \
                          reads num — write the quotient to a fresh register and copy it with `aff`",
@@ -487,12 +490,12 @@ fn plan_block<'a>(
                 b.attn_ops.push((k, Some(h), OpPart::Whole));
             }
             OpKind::Div { dst: reg, .. } => {
-                let dv = divs
-                    .iter()
-                    .find(|d| d.op == k)
-                    .ok_or_else(|| LowerError::Internal {
-                        msg: format!("no division constants for op {k}"),
-                    })?;
+                let dv =
+                    divs.iter()
+                        .find(|d| d.op == OpId(k))
+                        .ok_or_else(|| LowerError::Internal {
+                            msg: format!("no division constants for op {k}"),
+                        })?;
                 let payload = alloc.payload.ok_or_else(|| LowerError::Internal {
                     msg: "division without payload rows".into(),
                 })?;
@@ -660,13 +663,13 @@ fn placed_ops(p: &Program, l: usize, plan: &BlockPlan) -> LayerOps {
                 Some(h) => vec![h, self_idx],
                 None => vec![self_idx],
             };
-            placed(p, k, part, heads)
+            placed(p, OpId(k), part, heads)
         })
         .collect();
     let mlp = plan
         .mlp_ops
         .iter()
-        .map(|&(k, part)| placed(p, k, part, vec![]))
+        .map(|&(k, part)| placed(p, OpId(k), part, vec![]))
         .collect();
     LayerOps {
         index: l,
@@ -703,13 +706,14 @@ fn stats(p: &Program, config: &ModelConfig, tensors: &NamedTensors) -> Stats {
 }
 
 /// Op `k` as `layout.json` places it: its source text and location, and the heads it uses.
-fn placed(p: &Program, k: usize, part: OpPart, heads: Vec<usize>) -> PlacedOp {
+fn placed(p: &Program, k: OpId, part: OpPart, heads: Vec<usize>) -> PlacedOp {
     let op = &p.ops[k];
     PlacedOp {
         op: k,
         part,
         text: op.text.clone(),
-        at: p.location(op.span),
+        // layout.json keeps the location as text (docs/FORMATS.md).
+        at: p.location(op.span).to_string(),
         heads,
     }
 }
@@ -720,7 +724,7 @@ fn output_row(p: &Program, alloc: &Allocation) -> Result<usize, LowerError> {
     let reg = p.reg(p.output);
     if !reg.shape.is_scalar() {
         return Err(LowerError::Unsupported {
-            at: Location::of(p, reg.span),
+            at: p.location(reg.span),
             msg: format!(
                 "the output `{}` is a {}, expected a scalar",
                 reg.name, reg.shape
@@ -736,7 +740,7 @@ fn output_row(p: &Program, alloc: &Allocation) -> Result<usize, LowerError> {
             .find(|w| w.reg == p.output)
             .map(|w| w.row)
             .ok_or_else(|| LowerError::Unsupported {
-                at: Location::of(p, reg.span),
+                at: p.location(reg.span),
                 msg: format!("the output `{}` is never written", reg.name),
             }),
     }
@@ -791,7 +795,7 @@ fn division_constants(
         if let OpKind::Div { den, .. } = op.kind {
             let at = DivSite {
                 p,
-                k,
+                k: OpId(k),
                 layer: sched.block_of[k],
                 den,
             };
@@ -805,7 +809,7 @@ fn division_constants(
 #[derive(Clone, Copy)]
 struct DivSite<'a> {
     p: &'a Program,
-    k: usize,
+    k: OpId,
     layer: usize,
     den: RegId,
 }
@@ -814,7 +818,7 @@ impl DivSite<'_> {
     fn error(self, msg: String) -> LowerError {
         let op = &self.p.ops[self.k];
         LowerError::Division {
-            at: Location::of(self.p, op.span),
+            at: self.p.location(op.span),
             op: self.k,
             text: op.text.clone(),
             msg,
@@ -892,7 +896,7 @@ fn division_report(
         op: site.k,
         layer: site.layer,
         text: op.text.clone(),
-        at: Location::of(p, op.span),
+        at: p.location(op.span),
         payload_scale: pp,
         gain,
         gain_up,

@@ -11,30 +11,7 @@ pub mod schedule;
 
 pub use exact::{compile, Compiled, DivReport, LowerOptions, Stats};
 
-use crate::ir::{Program, Span};
-
-/// A place in the program's source — the span of an op or of a register's declaration in the
-/// file it came from — displayed as `file:line:col`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Location {
-    pub file: String,
-    pub span: Span,
-}
-
-impl Location {
-    pub fn of(p: &Program, span: Span) -> Location {
-        Location {
-            file: p.source.name.clone(),
-            span,
-        }
-    }
-}
-
-impl std::fmt::Display for Location {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}:{}", self.file, self.span.line, self.span.col)
-    }
-}
+use crate::ir::{Location, OpId};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum LowerError {
@@ -44,7 +21,7 @@ pub enum LowerError {
     #[error("{at}: cannot choose the LayerNorm division constant for `{text}`: {msg}")]
     Division {
         at: Location,
-        op: usize,
+        op: OpId,
         text: String,
         msg: String,
     },
@@ -58,12 +35,15 @@ pub enum LowerError {
     )]
     ReadBeforeWrite {
         at: Location,
-        op: usize,
+        op: OpId,
         text: String,
         reg: String,
     },
     #[error("internal error in the lowering: {msg}")]
     Internal { msg: String },
+    /// The program breaks an IR invariant (possible only for a program built by hand).
+    #[error("the program is malformed: {0}")]
+    Malformed(#[from] crate::ir::ValidateError),
 }
 
 impl From<crate::ranges::RangeError> for LowerError {

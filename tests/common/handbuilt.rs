@@ -417,10 +417,10 @@ fn tensors(cfg: &ModelConfig) -> NamedTensors {
 
 fn placed(p: &Program, k: usize, part: OpPart, heads: Vec<usize>) -> PlacedOp {
     PlacedOp {
-        op: k,
+        op: OpId(k),
         part,
         text: p.ops[k].text.clone(),
-        at: p.location(p.ops[k].span),
+        at: p.location(p.ops[k].span).to_string(),
         heads,
     }
 }

@@ -207,7 +207,7 @@ const ZERO: usize = 0;
 fn div_report(pp: f64) -> DivReport {
     let (gain, gain_up, _) = division_gain(pp, 8.0, DType::F64);
     DivReport {
-        op: 0,
+        op: OpId(0),
         layer: 0,
         text: "div q <- a / d".into(),
         at: Location {
