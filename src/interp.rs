@@ -359,33 +359,7 @@ fn run_generic<T: Scalar>(
 ) -> Result<Run<T>, InterpError> {
     ir::validate(p)?;
     check_prompt(p, prompt)?;
-    let columns = p.columns();
-    let tokens = prompt.tokens();
-    let mut state: State<T> = RegMap::filled(p, None);
-
-    // Inputs from the prompt (exact conversion of each double).
-    for id in p.reg_ids() {
-        let r = p.reg(id);
-        if let RegKind::Input(b) = r.kind {
-            let mut vals = Vec::with_capacity(r.shape.size());
-            for e in 0..r.shape.size() {
-                let mut col = Vec::with_capacity(columns);
-                for (t, tok) in tokens.iter().enumerate() {
-                    let v = b.value(t, tok, e);
-                    col.push(T::from_f64(v).ok_or_else(|| {
-                        InterpError::MalformedPrompt(format!(
-                            "input `{}` element {e} at column {t} is not finite ({v})",
-                            r.name
-                        ))
-                    })?);
-                }
-                vals.push(col);
-            }
-            check_assumptions(p, id, &vals, None)?;
-            state[id] = Some(vals);
-        }
-    }
-
+    let mut state = input_state::<T>(p, prompt)?;
     let mut tr = if trace {
         Some(Vec::with_capacity(p.ops.len()))
     } else {
@@ -393,103 +367,7 @@ fn run_generic<T: Scalar>(
     };
     for op in &p.ops {
         let dst = op.kind.dst();
-        let read = |r: RegId| -> Result<&RegValues<T>, InterpError> {
-            state[r].as_ref().ok_or_else(|| InterpError::Unwritten {
-                register: p.registers[r].name.clone(),
-                op: op_text(op),
-                location: p.location(op.span),
-            })
-        };
-        let dsize = p.registers[dst].shape.size();
-        let new: RegValues<T> = match &op.kind {
-            OpKind::Mov { src, pattern, .. } => {
-                let s = read(*src)?;
-                // Source columns of each column, computed once; mean = exact average.
-                let sources: Vec<Vec<usize>> = (0..columns).map(|t| pattern.sources(t)).collect();
-                s.iter()
-                    .map(|col| {
-                        sources
-                            .iter()
-                            .map(|srcs| match srcs.len() {
-                                0 => T::zero(),
-                                1 => col[srcs[0]].clone(),
-                                len => {
-                                    let mut acc = T::zero();
-                                    for &c in srcs {
-                                        acc.add_assign(&col[c]);
-                                    }
-                                    acc.div(&T::from_usize(len))
-                                }
-                            })
-                            .collect()
-                    })
-                    .collect()
-            }
-            OpKind::Mul { a, b, .. } => {
-                let (va, vb) = (read(a.reg)?, read(b.reg)?);
-                let (sa, sb) = (p.operand_shape(*a), p.operand_shape(*b));
-                let (ra, rb) = (p.registers[a.reg].shape, p.registers[b.reg].shape);
-                // dst(i, j) = Σ_k A(i, k) · B(k, j), column by column.
-                let mut out = vec![vec![T::zero(); columns]; dsize];
-                for i in 0..sa.rows {
-                    for j in 0..sb.cols {
-                        let o = &mut out[i * sb.cols + j];
-                        for k in 0..sa.cols {
-                            let ca = &va[ir::operand_index(ra, a.transposed, i, k)];
-                            let cb = &vb[ir::operand_index(rb, b.transposed, k, j)];
-                            for t in 0..columns {
-                                o[t].add_prod(&ca[t], &cb[t]);
-                            }
-                        }
-                    }
-                }
-                out
-            }
-            OpKind::Div { num, den, .. } => {
-                let (vn, vd) = (read(*num)?, read(*den)?);
-                let dabs: Vec<T> = vd[0].iter().map(|v| v.abs()).collect();
-                if let Some(t) = dabs.iter().position(|v| v.is_zero()) {
-                    return Err(InterpError::DivisionByZero {
-                        op: op_text(op),
-                        location: p.location(op.span),
-                        column: t,
-                        element: 0,
-                    });
-                }
-                vn.iter()
-                    .map(|col| col.iter().zip(&dabs).map(|(x, d)| x.div(d)).collect())
-                    .collect()
-            }
-            OpKind::Aff { terms, bias, .. } => {
-                // dst_i = Σ_terms Σ_j C[i, j] · src'_j + b_i, src' the flattened (transposed)
-                // source; zero coefficients contribute exactly 0 and are skipped.
-                let mut out: RegValues<T> = Vec::with_capacity(dsize);
-                for &bi in bias {
-                    out.push(vec![convert::<T>(bi, p, op)?; columns]);
-                }
-                for term in terms {
-                    let vs = read(term.src.reg)?;
-                    let rs = p.registers[term.src.reg].shape;
-                    let seen = p.operand_shape(term.src);
-                    let n = rs.size();
-                    for (i, o) in out.iter_mut().enumerate() {
-                        for j in 0..n {
-                            let c = term.coef[i * n + j];
-                            if c == 0.0 {
-                                continue;
-                            }
-                            let c = convert::<T>(c, p, op)?;
-                            let (si, sj) = (j / seen.cols, j % seen.cols);
-                            let col = &vs[ir::operand_index(rs, term.src.transposed, si, sj)];
-                            for t in 0..columns {
-                                o[t].add_prod(&c, &col[t]);
-                            }
-                        }
-                    }
-                }
-                out
-            }
-        };
+        let new = eval_op(p, op, &state)?;
         check_assumptions(p, dst, &new, Some(op))?;
         state[dst] = Some(new);
         if let Some(tr) = tr.as_mut() {
@@ -509,4 +387,172 @@ fn run_generic<T: Scalar>(
         .map(|k| out[0][crate::prompt::x_column(k)].clone())
         .collect();
     Ok(Run { outputs, trace: tr })
+}
+
+/// The state before the first operation: every input register filled from the prompt (exact
+/// conversion of each double, its assumptions checked), every work register unwritten.
+fn input_state<T: Scalar>(p: &Program, prompt: &Prompt) -> Result<State<T>, InterpError> {
+    let tokens = prompt.tokens();
+    let mut state: State<T> = RegMap::filled(p, None);
+    for id in p.reg_ids() {
+        let r = p.reg(id);
+        if let RegKind::Input(b) = r.kind {
+            let mut vals = Vec::with_capacity(r.shape.size());
+            for e in 0..r.shape.size() {
+                let mut col = Vec::with_capacity(tokens.len());
+                for (t, tok) in tokens.iter().enumerate() {
+                    let v = b.value(t, tok, e);
+                    col.push(T::from_f64(v).ok_or_else(|| {
+                        InterpError::MalformedPrompt(format!(
+                            "input `{}` element {e} at column {t} is not finite ({v})",
+                            r.name
+                        ))
+                    })?);
+                }
+                vals.push(col);
+            }
+            check_assumptions(p, id, &vals, None)?;
+            state[id] = Some(vals);
+        }
+    }
+    Ok(state)
+}
+
+/// The new value of `op`'s destination, from the registers it reads in `state`.
+fn eval_op<T: Scalar>(
+    p: &Program,
+    op: &ir::Op,
+    state: &State<T>,
+) -> Result<RegValues<T>, InterpError> {
+    let read = |r: RegId| -> Result<&RegValues<T>, InterpError> {
+        state[r].as_ref().ok_or_else(|| InterpError::Unwritten {
+            register: p.registers[r].name.clone(),
+            op: op_text(op),
+            location: p.location(op.span),
+        })
+    };
+    match &op.kind {
+        OpKind::Mov { src, pattern, .. } => Ok(mov_values(p, *pattern, read(*src)?)),
+        OpKind::Mul { dst, a, b } => {
+            Ok(mul_values(p, *dst, (*a, read(a.reg)?), (*b, read(b.reg)?)))
+        }
+        OpKind::Div { num, den, .. } => div_values(p, op, read(*num)?, read(*den)?),
+        OpKind::Aff { terms, bias, .. } => {
+            let srcs = terms
+                .iter()
+                .map(|t| read(t.src.reg))
+                .collect::<Result<Vec<_>, _>>()?;
+            aff_values(p, op, terms, &srcs, bias)
+        }
+    }
+}
+
+/// `mov`: column t gets the exact mean of `src` over `pattern.sources(t)` (0 when empty).
+fn mov_values<T: Scalar>(p: &Program, pattern: ir::Pattern, src: &RegValues<T>) -> RegValues<T> {
+    // Source columns of each column, computed once.
+    let sources: Vec<Vec<usize>> = (0..p.columns()).map(|t| pattern.sources(t)).collect();
+    src.iter()
+        .map(|col| {
+            sources
+                .iter()
+                .map(|srcs| match srcs.len() {
+                    0 => T::zero(),
+                    1 => col[srcs[0]].clone(),
+                    len => {
+                        let mut acc = T::zero();
+                        for &c in srcs {
+                            acc.add_assign(&col[c]);
+                        }
+                        acc.div(&T::from_usize(len))
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// `mul`: dst(i, j) = Σ_k A(i, k) · B(k, j), column by column (operands as seen after their
+/// transposition).
+fn mul_values<T: Scalar>(
+    p: &Program,
+    dst: RegId,
+    (a, va): (ir::Operand, &RegValues<T>),
+    (b, vb): (ir::Operand, &RegValues<T>),
+) -> RegValues<T> {
+    let columns = p.columns();
+    let (sa, sb) = (p.operand_shape(a), p.operand_shape(b));
+    let (ra, rb) = (p.registers[a.reg].shape, p.registers[b.reg].shape);
+    let mut out = vec![vec![T::zero(); columns]; p.registers[dst].shape.size()];
+    for i in 0..sa.rows {
+        for j in 0..sb.cols {
+            let o = &mut out[i * sb.cols + j];
+            for k in 0..sa.cols {
+                let ca = &va[ir::operand_index(ra, a.transposed, i, k)];
+                let cb = &vb[ir::operand_index(rb, b.transposed, k, j)];
+                for t in 0..columns {
+                    o[t].add_prod(&ca[t], &cb[t]);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `div`: every element of `num` divided by |den| (a scalar); a zero divisor is an error naming
+/// the column.
+fn div_values<T: Scalar>(
+    p: &Program,
+    op: &ir::Op,
+    num: &RegValues<T>,
+    den: &RegValues<T>,
+) -> Result<RegValues<T>, InterpError> {
+    let dabs: Vec<T> = den[0].iter().map(|v| v.abs()).collect();
+    if let Some(t) = dabs.iter().position(|v| v.is_zero()) {
+        return Err(InterpError::DivisionByZero {
+            op: op_text(op),
+            location: p.location(op.span),
+            column: t,
+            element: 0,
+        });
+    }
+    Ok(num
+        .iter()
+        .map(|col| col.iter().zip(&dabs).map(|(x, d)| x.div(d)).collect())
+        .collect())
+}
+
+/// `aff`: dst_i = Σ_terms Σ_j C[i, j] · src'_j + b_i, src' the flattened (transposed) source;
+/// zero coefficients contribute exactly 0 and are skipped.
+fn aff_values<T: Scalar>(
+    p: &Program,
+    op: &ir::Op,
+    terms: &[ir::AffTerm],
+    srcs: &[&RegValues<T>],
+    bias: &[f64],
+) -> Result<RegValues<T>, InterpError> {
+    let columns = p.columns();
+    let mut out: RegValues<T> = Vec::with_capacity(bias.len());
+    for &bi in bias {
+        out.push(vec![convert::<T>(bi, p, op)?; columns]);
+    }
+    for (term, vs) in terms.iter().zip(srcs) {
+        let rs = p.registers[term.src.reg].shape;
+        let seen = p.operand_shape(term.src);
+        let n = rs.size();
+        for (i, o) in out.iter_mut().enumerate() {
+            for j in 0..n {
+                let c = term.coef[i * n + j];
+                if c == 0.0 {
+                    continue;
+                }
+                let c = convert::<T>(c, p, op)?;
+                let (si, sj) = (j / seen.cols, j % seen.cols);
+                let col = &vs[ir::operand_index(rs, term.src.transposed, si, sj)];
+                for t in 0..columns {
+                    o[t].add_prod(&c, &col[t]);
+                }
+            }
+        }
+    }
+    Ok(out)
 }

@@ -224,6 +224,19 @@ pub struct Register {
     pub span: Span,
 }
 
+impl Register {
+    /// An unpinned register without a source location (for programs built in code).
+    pub fn new(name: &str, shape: Shape, kind: RegKind) -> Register {
+        Register {
+            name: name.into(),
+            shape,
+            kind,
+            pinned: None,
+            span: Span::default(),
+        }
+    }
+}
+
 /// A place in a program's source — the span of an op, an assumption or a declaration in the file
 /// it came from. Errors carry it typed; it becomes `file:line:col` only when displayed.
 #[derive(Debug, Clone, PartialEq, Eq)]

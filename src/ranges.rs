@@ -338,13 +338,7 @@ mod tests {
     use crate::ir::*;
 
     fn reg(name: &str, shape: Shape, kind: RegKind) -> Register {
-        Register {
-            name: name.into(),
-            shape,
-            kind,
-            pinned: None,
-            span: Span::default(),
-        }
+        Register::new(name, shape, kind)
     }
     fn op(kind: OpKind, text: &str) -> Op {
         Op {

@@ -755,15 +755,13 @@ pub fn fresh(cfg: &TrainConfig, device: &Device) -> Result<(Transformer, AdamW)>
     Ok((model, opt))
 }
 
-/// Train (or resume) a model as `cfg` says, writing to `opts.out`.
-pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
-    cfg.validate().map_err(|e| TrainError::Config {
-        path: "<config>".into(),
-        msg: e.to_string(),
-    })?;
+/// A fresh run (its directory, config copy and step-0 checkpoint written) or, with `--resume`,
+/// the latest checkpoint of an existing one (metrics after it dropped): the model, the
+/// optimizer and the step to start from.
+fn start_or_resume(cfg: &TrainConfig, opts: &TrainOptions) -> Result<(Transformer, AdamW, usize)> {
     let out = &opts.out;
     let saved_cfg = out.join("train.toml");
-    let (model, mut opt, start) = match (opts.resume, latest_checkpoint(out)?) {
+    Ok(match (opts.resume, latest_checkpoint(out)?) {
         (true, Some((_, dir))) => {
             let (model, opt, state) = load_checkpoint(&dir, cfg, &opts.device)?;
             truncate_metrics(&out.join("metrics.jsonl"), state.step)?;
@@ -791,22 +789,36 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             save_checkpoint(out, cfg, &model, &opt, 0)?;
             (model, opt, 0)
         }
-    };
+    })
+}
+
+/// The progress bar of a run of `steps` steps that starts at `start` (hidden when not wanted).
+fn progress_bar(show: bool, steps: usize, start: usize) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(steps as u64);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    b.set_position(start as u64);
+    b
+}
+
+/// Train (or resume) a model as `cfg` says, writing to `opts.out`.
+pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
+    cfg.validate().map_err(|e| TrainError::Config {
+        path: "<config>".into(),
+        msg: e.to_string(),
+    })?;
+    let out = &opts.out;
+    let (model, mut opt, start) = start_or_resume(cfg, opts)?;
     let o = &cfg.train;
     let end = opts.stop_after.map_or(o.steps, |s| s.min(o.steps));
-    let bar = if opts.progress {
-        let b = indicatif::ProgressBar::new(o.steps as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b.set_position(start as u64);
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = progress_bar(opts.progress, o.steps, start);
     let mpath = out.join("metrics.jsonl");
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)

@@ -502,46 +502,41 @@ impl<'t> Parser<'t> {
     }
 
     fn expr_inner(&mut self) -> PResult<Expr> {
-        let mut lhs = self.term()?;
-        let mut chain = 0;
-        loop {
-            let op = match self.peek() {
-                Tok::Plus => BinOp::Add,
-                Tok::Minus => BinOp::Sub,
-                _ => {
-                    self.edepth -= chain;
-                    return Ok(lhs);
-                }
-            };
-            self.bump();
-            // Each operator of a chain deepens the (left-nested) tree by one.
-            self.enter()?;
-            chain += 1;
-            let rhs = self.term()?;
-            let span = join(lhs.span, rhs.span);
-            lhs = Expr {
-                kind: ExprKind::Bin(op, Box::new(lhs), Box::new(rhs)),
-                span,
-            };
-        }
+        let additive = |t: &Tok| match t {
+            Tok::Plus => Some(BinOp::Add),
+            Tok::Minus => Some(BinOp::Sub),
+            _ => None,
+        };
+        self.left_chain(additive, Self::term)
     }
 
     fn term(&mut self) -> PResult<Expr> {
-        let mut lhs = self.unary()?;
+        let multiplicative = |t: &Tok| match t {
+            Tok::Star => Some(BinOp::Mul),
+            Tok::Slash => Some(BinOp::Div),
+            _ => None,
+        };
+        self.left_chain(multiplicative, Self::unary)
+    }
+
+    /// `operand (op operand)*`, left-nested, for the operators `op_of` accepts. Each operator
+    /// of a chain deepens the tree by one, so it counts against the depth limit.
+    fn left_chain(
+        &mut self,
+        op_of: fn(&Tok) -> Option<BinOp>,
+        operand: fn(&mut Self) -> PResult<Expr>,
+    ) -> PResult<Expr> {
+        let mut lhs = operand(self)?;
         let mut chain = 0;
         loop {
-            let op = match self.peek() {
-                Tok::Star => BinOp::Mul,
-                Tok::Slash => BinOp::Div,
-                _ => {
-                    self.edepth -= chain;
-                    return Ok(lhs);
-                }
+            let Some(op) = op_of(self.peek()) else {
+                self.edepth -= chain;
+                return Ok(lhs);
             };
             self.bump();
             self.enter()?;
             chain += 1;
-            let rhs = self.unary()?;
+            let rhs = operand(self)?;
             let span = join(lhs.span, rhs.span);
             lhs = Expr {
                 kind: ExprKind::Bin(op, Box::new(lhs), Box::new(rhs)),

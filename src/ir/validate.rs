@@ -373,13 +373,7 @@ mod tests {
     const V: RegId = RegId(3);
 
     fn reg(name: &str, shape: Shape, kind: RegKind) -> Register {
-        Register {
-            name: name.into(),
-            shape,
-            kind,
-            pinned: None,
-            span: Span::default(),
-        }
+        Register::new(name, shape, kind)
     }
 
     fn op(kind: OpKind) -> Op {

@@ -49,13 +49,7 @@ fn span(line: u32) -> Span {
 }
 
 fn reg(name: &str, shape: Shape, kind: RegKind) -> Register {
-    Register {
-        name: name.into(),
-        shape,
-        kind,
-        pinned: None,
-        span: Span::default(),
-    }
+    Register::new(name, shape, kind)
 }
 
 fn op(kind: OpKind, text: &str, line: u32) -> Op {
