@@ -7,6 +7,24 @@ use std::collections::BTreeMap;
 
 pub const LAYOUT_FORMAT: &str = "icl-layout/1";
 
+/// Index of a layer (one attention step and one MLP step) of a model, 0-based; serialized as
+/// the bare number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Layer(pub usize);
+
+impl Layer {
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
+impl std::fmt::Display for Layer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// Half-open row range `[start, end)`.
 pub type Rows = [usize; 2];
 
@@ -24,9 +42,9 @@ pub struct RegisterPlacement {
     pub shape: [usize; 2],
     pub rows: Rows,
     /// Layer (0-based) of the first write; `None` for inputs (written by the embedding).
-    pub written: Option<usize>,
+    pub written: Option<Layer>,
     /// Last layer that reads it (`None` if never read).
-    pub last_read: Option<usize>,
+    pub last_read: Option<Layer>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,7 +85,7 @@ pub struct PlacedOp {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LayerOps {
-    pub index: usize,
+    pub index: Layer,
     pub attn: Vec<PlacedOp>,
     pub mlp: Vec<PlacedOp>,
 }
@@ -83,7 +101,7 @@ pub struct OutputPlacement {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DivConstants {
-    pub layer: usize,
+    pub layer: Layer,
     /// Payload scale P: rows `div_payload` hold +P·den and −P·den.
     pub payload_scale: f64,
     /// MLP gain: dst = g·u·(LN(h)[num] − LN(h)[zero_row]), g the gate weight, u the up bias.

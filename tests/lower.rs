@@ -178,9 +178,9 @@ fn division_constant_meets_the_dtype_epsilon() {
                 assert_eq!(dv.gain_up as f32 as f64, dv.gain_up);
             }
             // The layer has LayerNorm on the MLP input and nothing else in its MLP.
-            let layer = &c.config.layers[dv.layer];
+            let layer = &c.config.layers[dv.layer.index()];
             assert_eq!(layer.norm.map(|n| n.eps), Some(0.0));
-            assert_eq!(c.layout.layers[dv.layer].mlp.len(), 1);
+            assert_eq!(c.layout.layers[dv.layer.index()].mlp.len(), 1);
         }
     }
 }

@@ -25,7 +25,7 @@ use super::state::{check_operand, Content, Ctx, RowState, Step};
 use super::structure::check_disjoint;
 use super::weights::Stored;
 use crate::ir::{OpId, OpKind, Pattern, RegId};
-use crate::layout::{DivConstants, OpPart, PlacedOp};
+use crate::layout::{DivConstants, Layer, OpPart, PlacedOp};
 use crate::model::config::AttnConfig;
 use crate::model::schema::Attention;
 use std::collections::HashMap;
@@ -94,7 +94,7 @@ type MTerm = (usize, usize, usize);
 /// normal form from the weights, build the expected one from the operations, compare.
 pub fn check_attention(
     ctx: &Ctx,
-    l: usize,
+    l: Layer,
     ac: &AttnConfig,
     aw: &Attention<Stored>,
     ops: &[PlacedOp],

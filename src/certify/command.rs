@@ -5,7 +5,7 @@
 use super::report::{Certificate, EndToEnd, ProgramRecord, Verdict, CERTIFICATE_FORMAT};
 use super::{certify_model, ModelFiles};
 use crate::ir::Program;
-use crate::layout::Layout;
+use crate::layout::{Layer, Layout};
 use crate::model::config::{ModelConfig, ModelKind};
 use std::path::Path;
 
@@ -100,9 +100,9 @@ pub enum ClaimError {
          for layer {proved_layer}"
     )]
     LayerVerdict {
-        stored_layer: usize,
+        stored_layer: Layer,
         stored: Verdict,
-        proved_layer: usize,
+        proved_layer: Layer,
         proved: Verdict,
     },
     #[error(
@@ -110,7 +110,7 @@ pub enum ClaimError {
          only {proved:e}"
     )]
     RelativeError {
-        layer: usize,
+        layer: Layer,
         stored: f64,
         proved: f64,
     },

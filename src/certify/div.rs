@@ -20,7 +20,7 @@ use super::{
     RangeValue, RowState, Verdict,
 };
 use crate::ir::{OpId, OpKind};
-use crate::layout::DivConstants;
+use crate::layout::{DivConstants, Layer};
 use crate::ranges::Interval;
 use num_rational::BigRational;
 use num_traits::{One, Signed};
@@ -105,7 +105,7 @@ fn r_max(ctx: &Ctx, eps: f64, state: &[RowState]) -> Result<(f64, f64), usize> {
 /// in `cert`, and write the destination rows with their end-to-end error into `state`.
 pub fn certify_division(
     ctx: &Ctx,
-    l: usize,
+    l: Layer,
     prep: &PrepInfo,
     apply: &ApplyInfo,
     state: &mut [RowState],

@@ -2,6 +2,7 @@
 //! the part, the operation — as typed values; `file:line:col` is formatted only when displayed.
 
 use crate::ir::{Location, OpId, Program};
+use crate::layout::Layer;
 
 /// Which part of the model an error is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +49,7 @@ impl std::fmt::Display for OpSite {
 /// A rejection: which layer and part, which operation, what differs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CertifyError {
-    pub layer: Option<usize>,
+    pub layer: Option<Layer>,
     pub part: Part,
     /// The operation concerned, when there is one (boxed: errors travel in every `Result`).
     pub op: Option<Box<OpSite>>,

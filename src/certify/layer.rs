@@ -8,17 +8,17 @@ use super::report::{LayerCertificate, Verdict};
 use super::state::{Ctx, RowState};
 use super::structure::LayerPlacement;
 use super::{attn, div, mlp};
-use crate::layout::PlacedOp;
+use crate::layout::{Layer, PlacedOp};
 use std::collections::BTreeMap;
 
 /// Certify layer `l` with its placed (attention, MLP) operations, advancing `state`.
 pub fn certify_layer(
     ctx: &Ctx,
-    l: usize,
+    l: Layer,
     (attn_ops, mlp_ops): &LayerPlacement,
     state: &mut [RowState],
 ) -> Result<LayerCertificate, CertifyError> {
-    if ctx.cfg.layers[l].attn_norm.is_some() {
+    if ctx.cfg.layers[l.index()].attn_norm.is_some() {
         return Err(ctx.op_err(
             l,
             Part::Layer,
@@ -52,7 +52,7 @@ pub fn certify_layer(
 }
 
 /// An error for operations placed in a part the layer does not have.
-fn placed_in_missing_part(ctx: &Ctx, l: usize, part: Part, po: &PlacedOp) -> CertifyError {
+fn placed_in_missing_part(ctx: &Ctx, l: Layer, part: Part, po: &PlacedOp) -> CertifyError {
     let what = if part == Part::Attention {
         "attention"
     } else {
@@ -71,11 +71,14 @@ fn placed_in_missing_part(ctx: &Ctx, l: usize, part: Part, po: &PlacedOp) -> Cer
 /// The attention step; what a division's attention half leaves for its MLP half.
 fn attention_step(
     ctx: &Ctx,
-    l: usize,
+    l: Layer,
     ops: &[PlacedOp],
     state: &mut [RowState],
 ) -> Result<Option<PrepInfo>, CertifyError> {
-    let parts = (&ctx.cfg.layers[l].attn, &ctx.weights.layers[l].attn);
+    let parts = (
+        &ctx.cfg.layers[l.index()].attn,
+        &ctx.weights.layers[l.index()].attn,
+    );
     match parts {
         (Some(ac), Some(aw)) => attn::check_attention(ctx, l, ac, aw, ops, state),
         (None, _) => match ops.first() {
@@ -90,13 +93,13 @@ fn attention_step(
 /// `cert`).
 fn mlp_step(
     ctx: &Ctx,
-    l: usize,
+    l: Layer,
     ops: &[PlacedOp],
     prep: Option<PrepInfo>,
     state: &mut [RowState],
     cert: &mut LayerCertificate,
 ) -> Result<(), CertifyError> {
-    let (lc, block) = (&ctx.cfg.layers[l], &ctx.weights.layers[l]);
+    let (lc, block) = (&ctx.cfg.layers[l.index()], &ctx.weights.layers[l.index()]);
     let (mc, mw) = match (&lc.mlp, &block.mlp) {
         (Some(mc), Some(mw)) => (mc, mw),
         (None, _) => {

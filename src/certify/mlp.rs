@@ -27,7 +27,7 @@ use super::state::{check_operand, Content, Ctx, RowState, Step};
 use super::structure::check_disjoint;
 use super::weights::Stored;
 use crate::ir::{AffTerm, OpId, OpKind, Operand, RegId};
-use crate::layout::{DivConstants, OpPart, PlacedOp};
+use crate::layout::{DivConstants, Layer, OpPart, PlacedOp};
 use crate::model::config::{MlpConfig, MlpKind, NormConfig};
 use crate::model::schema::{Linear, Mlp, Norm};
 
@@ -65,7 +65,7 @@ pub struct ApplyInfo {
 /// row.
 pub fn check_mlp(
     ctx: &Ctx,
-    l: usize,
+    l: Layer,
     mc: &MlpConfig,
     mw: &Mlp<Stored>,
     norm: Option<(&NormConfig, &Norm<Stored>)>,

@@ -47,7 +47,7 @@ pub use report::*;
 pub use state::{Content, Ctx, RowState};
 
 use crate::ir::{Program, RegKind};
-use crate::layout::Layout;
+use crate::layout::{Layer, Layout};
 use crate::model::config::{DType, ModelConfig};
 use crate::ranges::{Interval, Ranges};
 use crate::tensors::NamedTensors;
@@ -92,7 +92,7 @@ pub fn certify_model(p: &Program, files: &ModelFiles) -> Result<Certificate, Cer
     let mut layers = Vec::with_capacity(cfg.layers.len());
     let mut unbounded_from: Option<String> = None;
     for (l, placed) in placements.iter().enumerate() {
-        let cert = layer::certify_layer(&ctx, l, placed, &mut state)?;
+        let cert = layer::certify_layer(&ctx, Layer(l), placed, &mut state)?;
         if unbounded_from.is_none() && state.iter().any(|r| !r.err.is_finite()) {
             unbounded_from = Some(format!("layer {l} ({})", cert.ops.join("; ")));
         }

@@ -1,6 +1,7 @@
 //! `certificate.json` types (docs/FORMATS.md): written by `emit` from [`super::certify_model`]'s
 //! result (plus the validation figures), read back by `icl check`.
 
+use crate::layout::Layer;
 use crate::model::config::DType;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
@@ -99,7 +100,7 @@ pub enum RangeValue {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LayerCertificate {
-    pub index: usize,
+    pub index: Layer,
     /// The operations the layer carries, e.g. `attn: mov xp <- x from prev (ridge.icl:12:1)`.
     pub ops: Vec<String>,
     pub verdict: Verdict,

@@ -5,7 +5,7 @@
 use super::error::{CertifyError, OpSite, Part};
 use super::weights::Stored;
 use crate::ir::{operand_index, Builtin, OpId, Program, RegId, RegKind, RegMap};
-use crate::layout::{Layout, OpPart, PlacedOp};
+use crate::layout::{Layer, Layout, OpPart, PlacedOp};
 use crate::model::config::ModelConfig;
 use crate::model::schema::Weights;
 use crate::ranges::{Interval, Ranges};
@@ -108,7 +108,7 @@ impl<'a> Ctx<'a> {
         OpSite::of(self.p, k).to_string()
     }
     /// An error about op `k` in layer `l`.
-    pub fn op_err(&self, l: usize, part: Part, k: Option<OpId>, msg: String) -> CertifyError {
+    pub fn op_err(&self, l: Layer, part: Part, k: Option<OpId>, msg: String) -> CertifyError {
         CertifyError {
             layer: Some(l),
             part,
@@ -165,7 +165,7 @@ fn written_by(p: &Program, ver: Option<OpId>, with_index: bool) -> String {
 /// Check that every row of register `reg` holds the version op `k` reads, in `state`.
 pub fn check_operand(
     ctx: &Ctx,
-    l: usize,
+    l: Layer,
     part: Part,
     k: OpId,
     reg: RegId,
@@ -238,7 +238,7 @@ pub fn writer_of(ctx: &Ctx, ops: &[PlacedOp]) -> BTreeMap<usize, OpId> {
 /// The operations of one step — a layer's attention or its MLP — and the rows they write.
 pub struct Step<'c, 'a> {
     pub ctx: &'c Ctx<'a>,
-    pub layer: usize,
+    pub layer: Layer,
     pub part: Part,
     pub ops: &'c [PlacedOp],
     /// Row → the operation of the step writing it ([`writer_of`]).
@@ -246,7 +246,7 @@ pub struct Step<'c, 'a> {
 }
 
 impl<'c, 'a> Step<'c, 'a> {
-    pub fn new(ctx: &'c Ctx<'a>, layer: usize, part: Part, ops: &'c [PlacedOp]) -> Self {
+    pub fn new(ctx: &'c Ctx<'a>, layer: Layer, part: Part, ops: &'c [PlacedOp]) -> Self {
         Step {
             ctx,
             layer,

@@ -6,7 +6,7 @@ use super::error::{CertifyError, OpSite, Part};
 use super::state::{written_rows, Ctx};
 use super::ModelFiles;
 use crate::ir::{Builtin, OpId, OpKind, Program, RegKind, RegMap, Register};
-use crate::layout::{Layout, OpPart, PlacedOp};
+use crate::layout::{Layer, Layout, OpPart, PlacedOp};
 use crate::model::config::{ModelKind, MODEL_FORMAT};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -236,9 +236,10 @@ pub type LayerPlacement = (Vec<PlacedOp>, Vec<PlacedOp>);
 /// (a div as DivPrep in a layer's attention and DivApply in the same layer's MLP), parts that
 /// match the operation kinds, texts and locations that match the program.
 pub fn check_placements(ctx: &Ctx) -> Result<Vec<LayerPlacement>, CertifyError> {
-    let mut seen: Vec<Vec<(usize, OpPart, bool)>> = vec![Vec::new(); ctx.p.ops.len()];
+    let mut seen: Vec<Vec<(Layer, OpPart, bool)>> = vec![Vec::new(); ctx.p.ops.len()];
     let mut out = Vec::new();
     for (l, lo) in ctx.layout.layers.iter().enumerate() {
+        let l = Layer(l);
         if lo.index != l {
             return Err(layout_err(format!("layers[{l}] has index {}", lo.index)));
         }
@@ -258,7 +259,7 @@ pub fn check_placements(ctx: &Ctx) -> Result<Vec<LayerPlacement>, CertifyError> 
 
 /// One placed operation of layer `l`: it exists, its text and location are the program's, and
 /// its part (attention or MLP, whole or a division's half) can carry its kind.
-fn check_placed_op(ctx: &Ctx, l: usize, is_attn: bool, po: &PlacedOp) -> Result<(), CertifyError> {
+fn check_placed_op(ctx: &Ctx, l: Layer, is_attn: bool, po: &PlacedOp) -> Result<(), CertifyError> {
     let p = ctx.p;
     let part = if is_attn { Part::Attention } else { Part::Mlp };
     let op = p.ops.get(po.op.index()).ok_or_else(|| {
@@ -314,7 +315,7 @@ fn check_placed_op(ctx: &Ctx, l: usize, is_attn: bool, po: &PlacedOp) -> Result<
 fn check_placed_once(
     ctx: &Ctx,
     k: OpId,
-    seen: &[(usize, OpPart, bool)],
+    seen: &[(Layer, OpPart, bool)],
 ) -> Result<(), CertifyError> {
     let ok = match &ctx.p.ops[k].kind {
         OpKind::Div { .. } => {
@@ -343,7 +344,7 @@ fn check_placed_once(
 /// Rows written by the ops of one step must be disjoint.
 pub fn check_disjoint(
     ctx: &Ctx,
-    l: usize,
+    l: Layer,
     part: Part,
     ops: &[PlacedOp],
 ) -> Result<(), CertifyError> {

@@ -17,8 +17,8 @@ use crate::ir::{
     operand_index, Builtin, Location, OpId, OpKind, Pattern, Program, RegId, RegKind, Shape,
 };
 use crate::layout::{
-    DivConstants, LayerOps, Layout, OpPart, OutputPlacement, PlacedOp, RegisterPlacement, RowNames,
-    LAYOUT_FORMAT,
+    DivConstants, Layer, LayerOps, Layout, OpPart, OutputPlacement, PlacedOp, RegisterPlacement,
+    RowNames, LAYOUT_FORMAT,
 };
 use crate::model::config::{
     Activation, AttnConfig, DType, LayerConfig, MlpConfig, MlpKind, ModelConfig, ModelKind,
@@ -45,7 +45,7 @@ impl Default for LowerOptions {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DivReport {
     pub op: OpId,
-    pub layer: usize,
+    pub layer: Layer,
     pub text: String,
     pub at: Location,
     /// Payload scale P (a power of two).
@@ -170,7 +170,7 @@ pub fn compile(p: &Program, opts: &LowerOptions) -> Result<Compiled, LowerError>
     let layer_ops = plans
         .iter()
         .enumerate()
-        .map(|(l, plan)| placed_ops(p, l, plan))
+        .map(|(l, plan)| placed_ops(p, Layer(l), plan))
         .collect();
     let layout = build_layout(p, &alloc, sched.blocks, layer_ops, &divs, out_row);
     Ok(Compiled {
@@ -653,7 +653,7 @@ fn mlp_weights(units: &[Unit], w: &mut Mlp<RawTensor>) -> Result<(), LowerError>
 
 /// The ops of block `l` as `layout.json` places them: the attention's with the heads they use
 /// (a mov's pattern head and the self head; a division's self head), then the MLP's.
-fn placed_ops(p: &Program, l: usize, plan: &BlockPlan) -> LayerOps {
+fn placed_ops(p: &Program, l: Layer, plan: &BlockPlan) -> LayerOps {
     let self_idx = plan.heads.self_index();
     let attn = plan
         .attn_ops
@@ -796,7 +796,7 @@ fn division_constants(
             let at = DivSite {
                 p,
                 k: OpId(k),
-                layer: sched.block_of[k],
+                layer: Layer(sched.block_of[k]),
                 den,
             };
             out.push(division_report(at, ranges, alloc, &bounds, dtype)?);
@@ -810,7 +810,7 @@ fn division_constants(
 struct DivSite<'a> {
     p: &'a Program,
     k: OpId,
-    layer: usize,
+    layer: Layer,
     den: RegId,
 }
 
@@ -1097,7 +1097,7 @@ fn input_placements(
             shape: [r.shape.rows, r.shape.cols],
             rows: [row, row + size],
             written: None,
-            last_read: alloc.input_last_read[reg],
+            last_read: alloc.input_last_read[reg].map(Layer),
         });
         for e in 0..size {
             names[row + e].push(format!("{} (input)", elem_name(&r.name, r.shape, e)));
@@ -1134,10 +1134,10 @@ fn work_placements(
                 name: r.name.clone(),
                 shape: [r.shape.rows, r.shape.cols],
                 rows: [w.row, w.row + size],
-                written: Some(w.written_block),
+                written: Some(Layer(w.written_block)),
                 last_read: None,
             });
-        pl.last_read = pl.last_read.max(last_read);
+        pl.last_read = pl.last_read.max(last_read.map(Layer));
         let until = last_read.unwrap_or(w.written_block);
         for e in 0..size {
             spans[w.row + e].push((w.written_block, until, w.reg, e));

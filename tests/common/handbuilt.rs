@@ -429,22 +429,26 @@ fn register_placements() -> Vec<RegisterPlacement> {
         last_read,
     };
     vec![
-        rp("y", [1, 1], Y, None, Some(0)),
-        rp("x", [2, 1], X, None, Some(0)),
-        rp("xp", [2, 1], XP, Some(0), Some(0)),
-        rp("u", [2, 1], U, Some(0), Some(3)),
-        rp("s", [1, 1], S, Some(1), Some(2)),
-        rp("den", [1, 1], DEN, Some(2), Some(3)),
-        rp("q", [2, 1], Q, Some(3), Some(4)),
-        rp("m", [1, 1], M, Some(0), Some(4)),
-        rp("o", [1, 1], O, Some(4), None),
+        rp("y", [1, 1], Y, None, Some(Layer(0))),
+        rp("x", [2, 1], X, None, Some(Layer(0))),
+        rp("xp", [2, 1], XP, Some(Layer(0)), Some(Layer(0))),
+        rp("u", [2, 1], U, Some(Layer(0)), Some(Layer(3))),
+        rp("s", [1, 1], S, Some(Layer(1)), Some(Layer(2))),
+        rp("den", [1, 1], DEN, Some(Layer(2)), Some(Layer(3))),
+        rp("q", [2, 1], Q, Some(Layer(3)), Some(Layer(4))),
+        rp("m", [1, 1], M, Some(Layer(0)), Some(Layer(4))),
+        rp("o", [1, 1], O, Some(Layer(4)), None),
     ]
 }
 
 /// The schedule (module comment): the operations each layer's attention and MLP carry.
 fn layer_ops(p: &Program) -> Vec<LayerOps> {
     let whole = |k| placed(p, k, OpPart::Whole, vec![]);
-    let layer = |index, attn, mlp| LayerOps { index, attn, mlp };
+    let layer = |index, attn, mlp| LayerOps {
+        index: Layer(index),
+        attn,
+        mlp,
+    };
     vec![
         layer(
             0,
@@ -480,7 +484,7 @@ fn layout() -> Layout {
         zero_row: ZERO,
         div_payload: Some(PAY),
         div_constants: vec![DivConstants {
-            layer: 3,
+            layer: Layer(3),
             payload_scale: P_SCALE,
             gain: GAIN,
             gain_up: 1.0,

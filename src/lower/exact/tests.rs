@@ -208,7 +208,7 @@ fn div_report(pp: f64) -> DivReport {
     let (gain, gain_up, _) = division_gain(pp, 8.0, DType::F64);
     DivReport {
         op: OpId(0),
-        layer: 0,
+        layer: Layer(0),
         text: "div q <- a / d".into(),
         at: Location {
             file: "t.icl".into(),
