@@ -21,22 +21,38 @@ pub struct Span {
     pub col: u32,
 }
 
-/// Index of a register in [`Program::registers`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct RegId(pub usize);
+/// Defines a `usize` index newtype, so that indices of different things (registers, operations,
+/// layers) cannot be mixed up: ordered and hashable, serialized and displayed as the bare number
+/// (the file formats do not see the type), `.index()` for the raw position.
+macro_rules! index_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
+            serde::Serialize, serde::Deserialize,
+        )]
+        #[serde(transparent)]
+        pub struct $name(pub usize);
 
-impl RegId {
-    pub fn index(self) -> usize {
-        self.0
-    }
-}
+        impl $name {
+            pub fn index(self) -> usize {
+                self.0
+            }
+        }
 
-impl std::fmt::Display for RegId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)
-    }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{}", self.0)
+            }
+        }
+    };
 }
+pub(crate) use index_type;
+
+index_type!(
+    /// Index of a register in [`Program::registers`].
+    RegId
+);
 
 impl std::ops::Index<RegId> for [Register] {
     type Output = Register;
@@ -252,15 +268,12 @@ impl std::fmt::Display for Location {
     }
 }
 
-/// Index of an operation in [`Program::ops`] (the unrolled program order).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct OpId(pub usize);
+index_type!(
+    /// Index of an operation in [`Program::ops`] (the unrolled program order).
+    OpId
+);
 
 impl OpId {
-    pub fn index(self) -> usize {
-        self.0
-    }
     /// The operation after this one (or the end of the program).
     pub fn next(self) -> OpId {
         OpId(self.0 + 1)
@@ -278,12 +291,6 @@ impl std::ops::Index<OpId> for Vec<Op> {
     type Output = Op;
     fn index(&self, k: OpId) -> &Op {
         &self[k.0]
-    }
-}
-
-impl std::fmt::Display for OpId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)
     }
 }
 

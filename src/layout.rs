@@ -7,23 +7,10 @@ use std::collections::BTreeMap;
 
 pub const LAYOUT_FORMAT: &str = "icl-layout/1";
 
-/// Index of a layer (one attention step and one MLP step) of a model, 0-based; serialized as
-/// the bare number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Layer(pub usize);
-
-impl Layer {
-    pub fn index(self) -> usize {
-        self.0
-    }
-}
-
-impl std::fmt::Display for Layer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
+crate::ir::index_type!(
+    /// Index of a layer (one attention step and one MLP step) of a model, 0-based.
+    Layer
+);
 
 /// Half-open row range `[start, end)`.
 pub type Rows = [usize; 2];
