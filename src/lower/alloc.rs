@@ -57,9 +57,9 @@ pub struct Allocation {
 impl Allocation {
     /// First row of the register op `k` reads as its operand `i`, in the order of
     /// [`schedule::reads`] (for a div: den first, then num).
-    pub fn read_row(&self, p: &Program, k: usize, i: usize) -> usize {
-        let reg = schedule::reads(&p.ops[k].kind)[i].0;
-        match self.read_webs[k][i] {
+    pub fn read_row(&self, p: &Program, k: OpId, i: usize) -> usize {
+        let reg = schedule::reads(&p.op(k).kind)[i].0;
+        match self.read_webs[k.index()][i] {
             Some(w) => self.webs[w].row,
             None => self.input_row(reg),
         }
@@ -71,8 +71,9 @@ impl Allocation {
             .map(|(_, _, row)| *row)
             .expect("input register has a row")
     }
-    pub fn write_row(&self, k: usize) -> usize {
-        self.webs[self.write_web[k]].row
+    /// First row of the register op `k` writes.
+    pub fn write_row(&self, k: OpId) -> usize {
+        self.webs[self.write_web[k.index()]].row
     }
 }
 

@@ -205,10 +205,10 @@ fn check_division_operands(p: &Program) -> Result<(), LowerError> {
 }
 
 /// The ops of every block, in program order.
-fn ops_by_block(sched: &Schedule) -> Vec<Vec<usize>> {
-    let mut by_block: Vec<Vec<usize>> = vec![Vec::new(); sched.blocks];
+fn ops_by_block(sched: &Schedule) -> Vec<Vec<OpId>> {
+    let mut by_block: Vec<Vec<OpId>> = vec![Vec::new(); sched.blocks];
     for (k, &b) in sched.block_of.iter().enumerate() {
-        by_block[b].push(k);
+        by_block[b].push(OpId(k));
     }
     by_block
 }
@@ -463,10 +463,10 @@ fn aff(units: &mut Vec<Unit>, dst: usize, bias: &[f64], gates: &[Vec<(usize, f64
 struct BlockPlan<'a> {
     heads: Heads,
     /// Ops served by the attention, in op order: (op, its pattern head, part).
-    attn_ops: Vec<(usize, Option<usize>, OpPart)>,
+    attn_ops: Vec<(OpId, Option<usize>, OpPart)>,
     units: Vec<Unit>,
     /// Ops served by the MLP, in op order.
-    mlp_ops: Vec<(usize, OpPart)>,
+    mlp_ops: Vec<(OpId, OpPart)>,
     /// The block's division (a block holds at most one); its MLP input is LayerNorm'd.
     div: Option<&'a DivReport>,
 }
@@ -477,7 +477,7 @@ fn plan_block<'a>(
     p: &Program,
     alloc: &Allocation,
     divs: &'a [DivReport],
-    ops: &[usize],
+    ops: &[OpId],
 ) -> Result<BlockPlan<'a>, LowerError> {
     let mut b = BlockPlan::default();
     for &k in ops {
@@ -490,12 +490,12 @@ fn plan_block<'a>(
                 b.attn_ops.push((k, Some(h), OpPart::Whole));
             }
             OpKind::Div { dst: reg, .. } => {
-                let dv =
-                    divs.iter()
-                        .find(|d| d.op == OpId(k))
-                        .ok_or_else(|| LowerError::Internal {
-                            msg: format!("no division constants for op {k}"),
-                        })?;
+                let dv = divs
+                    .iter()
+                    .find(|d| d.op == k)
+                    .ok_or_else(|| LowerError::Internal {
+                        msg: format!("no division constants for op {k}"),
+                    })?;
                 let payload = alloc.payload.ok_or_else(|| LowerError::Internal {
                     msg: "division without payload rows".into(),
                 })?;
@@ -663,13 +663,13 @@ fn placed_ops(p: &Program, l: Layer, plan: &BlockPlan) -> LayerOps {
                 Some(h) => vec![h, self_idx],
                 None => vec![self_idx],
             };
-            placed(p, OpId(k), part, heads)
+            placed(p, k, part, heads)
         })
         .collect();
     let mlp = plan
         .mlp_ops
         .iter()
-        .map(|&(k, part)| placed(p, OpId(k), part, vec![]))
+        .map(|&(k, part)| placed(p, k, part, vec![]))
         .collect();
     LayerOps {
         index: l,

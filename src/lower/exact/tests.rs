@@ -287,7 +287,7 @@ fn layer_config_has_the_parts_its_ops_use() {
         }
     );
     mov(&mut plan.heads, Pattern::Prev, 1, 2, 3);
-    plan.attn_ops.push((0, Some(0), OpPart::Whole));
+    plan.attn_ops.push((OpId(0), Some(0), OpPart::Whole));
     div_prep(&mut plan.heads.self_head, DEN, PAYLOAD, 1.0, DST, 1);
     div_apply(&mut plan.units, NUM, ZERO, DST, 1, &dv);
     plan.div = Some(&dv);
