@@ -22,13 +22,14 @@ pub struct Span {
 }
 
 /// Defines a `usize` index newtype, so that indices of different things (registers, operations,
-/// layers) cannot be mixed up: ordered and hashable, serialized and displayed as the bare number
-/// (the file formats do not see the type), `.index()` for the raw position.
+/// layers, rows) cannot be mixed up: ordered and hashable, serialized, displayed and debug-printed
+/// as the bare number (the file formats and messages do not see the type), `.index()` for the
+/// raw position.
 macro_rules! index_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
         #[derive(
-            Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
+            Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
             serde::Serialize, serde::Deserialize,
         )]
         #[serde(transparent)]
@@ -41,6 +42,13 @@ macro_rules! index_type {
         }
 
         impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{}", self.0)
+            }
+        }
+
+        /// The bare number, as in the files and messages.
+        impl std::fmt::Debug for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 write!(f, "{}", self.0)
             }

@@ -12,8 +12,29 @@ crate::ir::index_type!(
     Layer
 );
 
+crate::ir::index_type!(
+    /// A row of a compiled model's hidden state, 0-based.
+    Row
+);
+
+/// `row + e`: the row `e` rows further down (element `e` of a register that starts at `row`).
+impl std::ops::Add<usize> for Row {
+    type Output = Row;
+    fn add(self, by: usize) -> Row {
+        Row(self.0 + by)
+    }
+}
+
+/// `b - a`: how many rows `b` lies below `a` (a row's element index within a register).
+impl std::ops::Sub for Row {
+    type Output = usize;
+    fn sub(self, a: Row) -> usize {
+        self.0 - a.0
+    }
+}
+
 /// Half-open row range `[start, end)`.
-pub type Rows = [usize; 2];
+pub type Rows = [Row; 2];
 
 /// Where one register lives. Each register of the program is placed once (all its live ranges —
 /// write to last read before the next write — use these rows), but the rows are not reserved for
@@ -37,7 +58,7 @@ pub struct RegisterPlacement {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RowNames {
-    pub row: usize,
+    pub row: Row,
     /// Human-readable occupants, e.g. `A[0,1] (layers 3..=41)`.
     pub names: Vec<String>,
 }
@@ -81,7 +102,7 @@ pub struct LayerOps {
 #[serde(deny_unknown_fields)]
 pub struct OutputPlacement {
     pub register: String,
-    pub row: usize,
+    pub row: Row,
 }
 
 /// Constants of a LayerNorm division layer (also derivable from the weights).
@@ -110,9 +131,9 @@ pub struct Layout {
     /// Input rows by built-in name (`y`, `x`, `one`, `is_x`, `is_y`, `count`).
     pub inputs: BTreeMap<String, Rows>,
     /// A row that is 0 in every column after every layer.
-    pub zero_row: usize,
+    pub zero_row: Row,
     /// Scratch rows of LayerNorm division, if the program divides.
-    pub div_payload: Option<[usize; 2]>,
+    pub div_payload: Option<[Row; 2]>,
     pub div_constants: Vec<DivConstants>,
     pub registers: Vec<RegisterPlacement>,
     /// Every row of the hidden state, in order.

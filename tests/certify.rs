@@ -11,6 +11,7 @@ mod common;
 
 use common::handbuilt::*;
 use icl::certify::{self, Certificate, Verdict};
+use icl::layout::Row;
 use icl::model::config::ModelConfig;
 use icl::model::schema::Weights;
 use std::path::Path;
@@ -247,7 +248,7 @@ fn a_mislabelled_row_is_rejected() {
             .iter_mut()
             .find(|r| r.name == "u")
             .unwrap();
-        u.rows = [14, 16];
+        u.rows = [Row(14), Row(16)];
     });
     assert_names(&msg, "layer 0 MLP", "mul u <- xp * y");
     // Two live registers on one row: s moved onto m's row (m is read in layer 4).
@@ -258,7 +259,7 @@ fn a_mislabelled_row_is_rejected() {
             .iter_mut()
             .find(|r| r.name == "s")
             .unwrap();
-        s.rows = [M, M + 1];
+        s.rows = [Row(M), Row(M + 1)];
     });
     assert!(msg.contains("layer 1 MLP"), "{msg}");
 }

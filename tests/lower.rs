@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use icl::ir::*;
+use icl::layout::Row;
 use icl::lower::{self, alloc, schedule, LowerError, LowerOptions};
 use icl::model::config::DType;
 
@@ -304,25 +305,25 @@ fn live_ranges_never_share_rows() {
     for p in [ridge(2, 3, 0.5), ridge(3, 2, 1.0), patterns(2, 3)] {
         let s = schedule::schedule(&p);
         let a = alloc::allocate(&p, &s).unwrap();
-        let fixed: Vec<usize> = a
+        let fixed: Vec<Row> = a
             .input_rows
             .iter()
-            .flat_map(|&(_, reg, row)| row..row + p.reg(reg).shape.size())
+            .flat_map(|&(_, reg, row)| (0..p.reg(reg).shape.size()).map(move |e| row + e))
             .collect();
         for (i, w) in a.webs.iter().enumerate() {
             let size = p.reg(w.reg).shape.size();
-            let rows = w.row..w.row + size;
+            let rows = w.row.index()..w.row.index() + size;
             assert!(rows.end <= a.width);
-            for r in rows.clone() {
+            for r in rows.clone().map(Row) {
                 assert!(
-                    r > p.d && !fixed.contains(&r),
+                    r.index() > p.d && !fixed.contains(&r),
                     "web {i} on an input row {r}"
                 );
                 assert!(Some(r) != a.payload.map(|x| x[0]) && Some(r) != a.payload.map(|x| x[1]));
                 assert_ne!(r, a.zero_row);
             }
             for (j, v) in a.webs.iter().enumerate().skip(i + 1) {
-                let vs = v.row..v.row + p.reg(v.reg).shape.size();
+                let vs = v.row.index()..v.row.index() + p.reg(v.reg).shape.size();
                 let overlap_rows = rows.start < vs.end && vs.start < rows.end;
                 let overlap_time = w.start < v.end && v.start < w.end;
                 assert!(
@@ -352,7 +353,7 @@ fn pinned_registers_keep_their_rows_and_collisions_are_reported() {
     p.registers[g].pinned = Some(40);
     let c = lower::compile(&p, &LowerOptions::default()).unwrap();
     for r in c.layout.registers.iter().filter(|r| r.name == "G") {
-        assert_eq!(r.rows, [40, 44]);
+        assert_eq!(r.rows, [Row(40), Row(44)]);
     }
     run_and_compare(&p, 2, 1e-13);
     // Pinning onto the input rows is rejected.
@@ -367,7 +368,7 @@ fn layout_names_every_row_and_places_every_op() {
     let l = &c.layout;
     assert_eq!(l.rows.len(), c.config.width);
     for (i, r) in l.rows.iter().enumerate() {
-        assert_eq!(r.row, i);
+        assert_eq!(r.row, Row(i));
         assert!(!r.names.is_empty());
     }
     let mut seen = vec![0; p.ops.len()];
@@ -384,7 +385,7 @@ fn layout_names_every_row_and_places_every_op() {
         };
         assert_eq!(seen[k], want, "op {k} `{}`", op.text);
     }
-    assert_eq!(c.config.readout_row, Some(l.output.row));
+    assert_eq!(c.config.readout_row, Some(l.output.row.index()));
     assert_eq!(c.stats.layers, c.config.layers.len());
     assert!(c.stats.layers < c.stats.primitives);
 }

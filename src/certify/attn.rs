@@ -25,7 +25,7 @@ use super::state::{check_operand, Content, Ctx, RowState, Step};
 use super::structure::check_disjoint;
 use super::weights::Stored;
 use crate::ir::{OpId, OpKind, Pattern, RegId};
-use crate::layout::{DivConstants, Layer, OpPart, PlacedOp};
+use crate::layout::{DivConstants, Layer, OpPart, PlacedOp, Row};
 use crate::model::config::AttnConfig;
 use crate::model::schema::Attention;
 use std::collections::HashMap;
@@ -88,7 +88,7 @@ impl Patterns {
 }
 
 /// A coefficient of the attention normal form: M_P[row, source row], keyed (row, P, source).
-type MTerm = (usize, usize, usize);
+type MTerm = (Row, usize, Row);
 
 /// Check layer `l`'s attention against its placed operations and advance `state`: derive the
 /// normal form from the weights, build the expected one from the operations, compare.
@@ -194,7 +194,7 @@ fn head_pattern(
 }
 
 /// How a message names row `r` of this layer: what the step writes there, else what it holds.
-fn row_name(step: &Step, state: &[RowState], r: usize) -> String {
+fn row_name(step: &Step, state: &[RowState], r: Row) -> String {
     step.written_name(r)
         .unwrap_or_else(|| step.ctx.content_name(r, &state[r].content))
 }
@@ -209,7 +209,13 @@ fn derive(
     state: &[RowState],
 ) -> Result<Coeffs<MTerm>, CertifyError> {
     let none = Coeffs::new();
-    let ob: Coeffs<usize> = aw.o.bias.exact_vec()?.into_iter().enumerate().collect();
+    let ob: Coeffs<Row> =
+        aw.o.bias
+            .exact_vec()?
+            .into_iter()
+            .enumerate()
+            .map(|(r, v)| (Row(r), v))
+            .collect();
     compare(
         &ob,
         &none,
@@ -230,10 +236,10 @@ fn derive(
     let vbias = aw.v.bias.exact_vec()?;
     let hd = ac.head_dim;
     for h in 0..ac.heads {
-        let mut constant: Coeffs<usize> = Coeffs::new();
+        let mut constant: Coeffs<Row> = Coeffs::new();
         for j in (h * hd..(h + 1) * hd).filter(|&j| !vbias[j].is_zero()) {
             for (r, o) in &ocols[j] {
-                add(&mut constant, *r, &o.mul(&vbias[j]));
+                add(&mut constant, Row(*r), &o.mul(&vbias[j]));
             }
         }
         compare(
@@ -255,7 +261,7 @@ fn derive(
         for j in h * hd..(h + 1) * hd {
             for (r, o) in &ocols[j] {
                 for (c, v) in &vrows[j] {
-                    add(&mut m, (*r, kid, *c), &o.mul(v));
+                    add(&mut m, (Row(*r), kid, Row(*c)), &o.mul(v));
                 }
             }
         }
@@ -268,7 +274,7 @@ fn derive(
 struct Expected {
     form: Coeffs<MTerm>,
     /// The pattern each row a `mov` writes is expected to read through (for messages).
-    row_key: HashMap<usize, usize>,
+    row_key: HashMap<Row, usize>,
     prep: Option<PrepInfo>,
 }
 

@@ -5,6 +5,7 @@
 
 use super::{Ctx, RowState};
 use crate::ir::{OpId, OpKind};
+use crate::layout::Row;
 
 /// a + b rounded up (a, b ≥ 0).
 pub fn add_up(a: f64, b: f64) -> f64 {
@@ -50,7 +51,7 @@ pub fn div_up(a: f64, b: f64) -> f64 {
 /// |A|, |B| are the program's ranges of the values the rows hold.
 pub fn op_error(ctx: &Ctx, k: OpId, state: &[RowState]) -> Vec<f64> {
     let p = ctx.p;
-    let absmax = |r: usize| ctx.content_range(&state[r].content).abs_max();
+    let absmax = |r: Row| ctx.content_range(&state[r].content).abs_max();
     match &p.ops[k].kind {
         OpKind::Mul { a, b, .. } => {
             let (sa, sb) = (p.operand_shape(*a), p.operand_shape(*b));

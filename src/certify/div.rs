@@ -20,7 +20,7 @@ use super::{
     RangeValue, RowState, Verdict,
 };
 use crate::ir::{OpId, OpKind};
-use crate::layout::{DivConstants, Layer};
+use crate::layout::{DivConstants, Layer, Row};
 use crate::ranges::Interval;
 use num_rational::BigRational;
 use num_traits::{One, Signed};
@@ -78,12 +78,13 @@ pub fn check_layout_constant(
 /// Σ h_r² + L·eps over the rows outside the payload, rounded up: for the exact inputs (from
 /// the rows' ranges: the layer's own bound) and perturbed by the rows' errors (end to end).
 /// `Err(r)`: row r has no finite range.
-fn r_max(ctx: &Ctx, eps: f64, state: &[RowState]) -> Result<(f64, f64), usize> {
+fn r_max(ctx: &Ctx, eps: f64, state: &[RowState]) -> Result<(f64, f64), Row> {
     let pl = ctx.layout.div_payload.expect("checked");
     let leps = mul_up(ctx.width as f64, eps);
     let (mut r_exact, mut r_pert) = (leps, leps);
     let mut unbounded = None;
     for (r, row) in state.iter().enumerate().take(ctx.width) {
+        let r = Row(r);
         if r == pl[0] || r == pl[1] {
             continue;
         }

@@ -7,6 +7,7 @@ use super::error::{CertifyError, Part};
 use super::exact::Dy;
 use super::state::{Content, Ctx, RowState};
 use crate::ir::{Builtin, OpId, Shape};
+use crate::layout::Row;
 
 /// A term of one embedding row: the weight on token entry j (0 = y, 1+i = x[i]), or the
 /// constant (bias + position) at column t.
@@ -34,7 +35,7 @@ fn input_rows(ctx: &Ctx) -> Result<Vec<RowInput>, CertifyError> {
     let mut row_input: Vec<RowInput> = vec![None; ctx.width];
     for (name, rows) in &ctx.layout.inputs {
         let b = Builtin::from_name(name).expect("checked by place_registers");
-        for (e, r) in (rows[0]..rows[1]).enumerate() {
+        for (e, r) in (rows[0].index()..rows[1].index()).enumerate() {
             if row_input[r].is_some() {
                 return Err(CertifyError::new(
                     Part::Layout,
@@ -179,13 +180,13 @@ pub fn check_embedding(ctx: &Ctx) -> Result<Vec<RowState>, CertifyError> {
 /// A term of the read-out: the weight on row r, or the bias.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum ReadoutTerm {
-    Row(usize),
+    Row(Row),
     Bias,
 }
 
 /// The output's row: the program's output register is a scalar, layout.json places it there,
 /// and config.json's `readout_row` (when given) agrees.
-fn output_row(ctx: &Ctx) -> Result<usize, CertifyError> {
+fn output_row(ctx: &Ctx) -> Result<Row, CertifyError> {
     let p = ctx.p;
     let out = p.reg(p.output);
     if out.shape != Shape::SCALAR {
@@ -206,7 +207,7 @@ fn output_row(ctx: &Ctx) -> Result<usize, CertifyError> {
         ));
     }
     match ctx.cfg.readout_row {
-        Some(rr) if rr != row => Err(CertifyError::new(
+        Some(rr) if rr != row.index() => Err(CertifyError::new(
             Part::Readout,
             format!("config.json readout_row {rr}, the output is at row {row}"),
         )),
@@ -215,11 +216,11 @@ fn output_row(ctx: &Ctx) -> Result<usize, CertifyError> {
 }
 
 /// The read-out weights are the one-hot of `row`, the bias 0.
-fn check_readout_weights(ctx: &Ctx, row: usize) -> Result<(), CertifyError> {
+fn check_readout_weights(ctx: &Ctx, row: Row) -> Result<(), CertifyError> {
     let ro = &ctx.weights.readout;
     let mut derived: Coeffs<ReadoutTerm> = ro.weight.sparse_rows()?[0]
         .iter()
-        .map(|(r, v)| (ReadoutTerm::Row(*r), v.clone()))
+        .map(|(r, v)| (ReadoutTerm::Row(Row(*r)), v.clone()))
         .collect();
     derived.insert(ReadoutTerm::Bias, ro.bias.exact_vec()?[0].clone());
     let expected = Coeffs::from([(ReadoutTerm::Row(row), Dy::int(1))]);

@@ -27,7 +27,7 @@ use super::state::{check_operand, Content, Ctx, RowState, Step};
 use super::structure::check_disjoint;
 use super::weights::Stored;
 use crate::ir::{AffTerm, OpId, OpKind, Operand, RegId};
-use crate::layout::{DivConstants, Layer, OpPart, PlacedOp};
+use crate::layout::{DivConstants, Layer, OpPart, PlacedOp, Row};
 use crate::model::config::{MlpConfig, MlpKind, NormConfig};
 use crate::model::schema::{Linear, Mlp, Norm};
 
@@ -43,12 +43,26 @@ pub enum Term {
 /// A quadratic polynomial in the MLP input m.
 pub type Poly = Coeffs<Term>;
 
-fn lin(i: usize) -> Term {
-    Term::Lin(i as u32)
+fn lin(i: Row) -> Term {
+    Term::Lin(i.index() as u32)
 }
 
-fn quad(i: usize, j: usize) -> Term {
-    Term::Quad(i.min(j) as u32, i.max(j) as u32)
+fn quad(i: Row, j: Row) -> Term {
+    Term::Quad(i.min(j).index() as u32, i.max(j).index() as u32)
+}
+
+/// The polynomials of an MLP's output, one per hidden row.
+impl std::ops::Index<Row> for [Poly] {
+    type Output = Poly;
+    fn index(&self, r: Row) -> &Poly {
+        &self[r.index()]
+    }
+}
+
+impl std::ops::IndexMut<Row> for [Poly] {
+    fn index_mut(&mut self, r: Row) -> &mut Poly {
+        &mut self[r.index()]
+    }
 }
 
 /// What the MLP half of a division leaves for the bound.
@@ -164,7 +178,7 @@ fn check_inputs(step: &Step, state: &[RowState]) -> Result<(), CertifyError> {
             OpKind::Div { dst, num, .. } => {
                 check_operand(ctx, l, part, k, *num, state)?;
                 let pl = ctx.layout.div_payload.expect("checked by check_disjoint");
-                let mut need: Vec<(usize, Content)> =
+                let mut need: Vec<(Row, Content)> =
                     ctx.rows(*dst).map(|r| (r, Content::Cleared(k))).collect();
                 need.push((pl[0], Content::Payload(k)));
                 need.push((pl[1], Content::Payload(k)));
@@ -203,17 +217,17 @@ fn derive(
         let mut unit = Poly::new();
         for (i, gi) in &g[k] {
             for (j, uj) in &u[k] {
-                add(&mut unit, quad(*i, *j), &gi.mul(uj));
+                add(&mut unit, quad(Row(*i), Row(*j)), &gi.mul(uj));
             }
         }
         if !bu[k].is_zero() {
             for (i, gi) in &g[k] {
-                add(&mut unit, lin(*i), &bu[k].mul(gi));
+                add(&mut unit, lin(Row(*i)), &bu[k].mul(gi));
             }
         }
         if !bg[k].is_zero() {
             for (j, uj) in &u[k] {
-                add(&mut unit, lin(*j), &bg[k].mul(uj));
+                add(&mut unit, lin(Row(*j)), &bg[k].mul(uj));
             }
         }
         add(&mut unit, Term::Const, &bg[k].mul(&bu[k]));
@@ -358,12 +372,15 @@ fn compare_rows(
     state: &[RowState],
 ) -> Result<(), CertifyError> {
     let ctx = step.ctx;
-    let order = step
-        .writer
-        .keys()
-        .copied()
-        .chain((0..ctx.width).filter(|r| !step.writer.contains_key(r)));
-    let name = |i: u32| ctx.short_name(i as usize, &state[i as usize].content);
+    let order = step.writer.keys().copied().chain(
+        (0..ctx.width)
+            .map(Row)
+            .filter(|r| !step.writer.contains_key(r)),
+    );
+    let name = |i: u32| {
+        let r = Row(i as usize);
+        ctx.short_name(r, &state[r].content)
+    };
     for r in order {
         compare(
             &derived[r],

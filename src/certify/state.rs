@@ -5,7 +5,7 @@
 use super::error::{CertifyError, OpSite, Part};
 use super::weights::Stored;
 use crate::ir::{operand_index, Builtin, OpId, Program, RegId, RegKind, RegMap};
-use crate::layout::{Layer, Layout, OpPart, PlacedOp};
+use crate::layout::{Layer, Layout, OpPart, PlacedOp, Row};
 use crate::model::config::ModelConfig;
 use crate::model::schema::Weights;
 use crate::ranges::{Interval, Ranges};
@@ -37,6 +37,33 @@ pub struct RowState {
     pub err: f64,
 }
 
+/// The symbolic state is indexed by hidden row.
+impl std::ops::Index<Row> for [RowState] {
+    type Output = RowState;
+    fn index(&self, r: Row) -> &RowState {
+        &self[r.index()]
+    }
+}
+
+impl std::ops::IndexMut<Row> for [RowState] {
+    fn index_mut(&mut self, r: Row) -> &mut RowState {
+        &mut self[r.index()]
+    }
+}
+
+impl std::ops::Index<Row> for Vec<RowState> {
+    type Output = RowState;
+    fn index(&self, r: Row) -> &RowState {
+        &self[r.index()]
+    }
+}
+
+impl std::ops::IndexMut<Row> for Vec<RowState> {
+    fn index_mut(&mut self, r: Row) -> &mut RowState {
+        &mut self[r.index()]
+    }
+}
+
 /// Everything the per-part checks need.
 pub struct Ctx<'a> {
     pub p: &'a Program,
@@ -46,7 +73,7 @@ pub struct Ctx<'a> {
     pub layout: &'a Layout,
     pub ranges: &'a Ranges,
     /// First row of every register.
-    pub start: RegMap<usize>,
+    pub start: RegMap<Row>,
     /// Columns certified: every query column the position table and bias cover.
     pub cols: usize,
     pub width: usize,
@@ -54,15 +81,15 @@ pub struct Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     /// Row of element `elem` (row-major storage index) of register `reg`.
-    pub fn row(&self, reg: RegId, elem: usize) -> usize {
+    pub fn row(&self, reg: RegId, elem: usize) -> Row {
         self.start[reg] + elem
     }
     /// Row of element (i, j) of an operand as seen after its transposition.
-    pub fn operand_row(&self, reg: RegId, transposed: bool, i: usize, j: usize) -> usize {
+    pub fn operand_row(&self, reg: RegId, transposed: bool, i: usize, j: usize) -> Row {
         self.row(reg, operand_index(self.p.reg(reg).shape, transposed, i, j))
     }
     /// The rows of register `reg`, element by element.
-    pub fn rows(&self, reg: RegId) -> impl Iterator<Item = usize> {
+    pub fn rows(&self, reg: RegId) -> impl Iterator<Item = Row> {
         let start = self.start[reg];
         (0..self.p.reg(reg).shape.size()).map(move |e| start + e)
     }
@@ -75,7 +102,7 @@ impl<'a> Ctx<'a> {
         }
     }
     /// A human name for row `r` holding `c`.
-    pub fn content_name(&self, r: usize, c: &Content) -> String {
+    pub fn content_name(&self, r: Row, c: &Content) -> String {
         match c {
             Content::Zero if r == self.layout.zero_row => format!("row {r} (zero row)"),
             Content::Zero => format!("row {r} (unused, 0)"),
@@ -92,7 +119,7 @@ impl<'a> Ctx<'a> {
         }
     }
     /// Short name of what row `r` holds, for monomials: `A[2,1]`, `x[0]`, `one`, `row 7`.
-    pub fn short_name(&self, r: usize, c: &Content) -> String {
+    pub fn short_name(&self, r: Row, c: &Content) -> String {
         match c {
             Content::Val { reg, elem, .. } => self.elem_name(*reg, *elem),
             Content::Builtin(b, _) if b.shape(self.p.d).is_scalar() => b.name().to_string(),
@@ -212,8 +239,8 @@ pub fn check_operand(
 
 /// The rows operation `po` writes: its destination's, and the payload rows for the attention
 /// half of a division (`None` when layout.json has no payload rows).
-pub fn written_rows(ctx: &Ctx, po: &PlacedOp) -> Option<Vec<usize>> {
-    let mut rows: Vec<usize> = ctx.rows(ctx.p.ops[po.op].kind.dst()).collect();
+pub fn written_rows(ctx: &Ctx, po: &PlacedOp) -> Option<Vec<Row>> {
+    let mut rows: Vec<Row> = ctx.rows(ctx.p.ops[po.op].kind.dst()).collect();
     if po.part == OpPart::DivPrep {
         rows.extend(ctx.layout.div_payload?);
     }
@@ -221,7 +248,7 @@ pub fn written_rows(ctx: &Ctx, po: &PlacedOp) -> Option<Vec<usize>> {
 }
 
 /// Map from a hidden row to the op (of a list) whose destination covers it.
-pub fn writer_of(ctx: &Ctx, ops: &[PlacedOp]) -> BTreeMap<usize, OpId> {
+pub fn writer_of(ctx: &Ctx, ops: &[PlacedOp]) -> BTreeMap<Row, OpId> {
     let mut m = BTreeMap::new();
     for po in ops {
         let dst = ctx.p.ops[po.op].kind.dst();
@@ -242,7 +269,7 @@ pub struct Step<'c, 'a> {
     pub part: Part,
     pub ops: &'c [PlacedOp],
     /// Row → the operation of the step writing it ([`writer_of`]).
-    pub writer: BTreeMap<usize, OpId>,
+    pub writer: BTreeMap<Row, OpId>,
 }
 
 impl<'c, 'a> Step<'c, 'a> {
@@ -264,12 +291,12 @@ impl<'c, 'a> Step<'c, 'a> {
         self.ctx.op_err(self.layer, self.part, k, msg)
     }
     /// An error about row `r`, citing the operation of this step that writes it (if any).
-    pub fn row_err(&self, r: usize, msg: String) -> CertifyError {
+    pub fn row_err(&self, r: Row, msg: String) -> CertifyError {
         self.err(self.writer.get(&r).copied(), msg)
     }
     /// `row r (element)` for a row an operation of this step writes (`row r (division
     /// payload)` for a payload row); `None` for the other rows.
-    pub fn written_name(&self, r: usize) -> Option<String> {
+    pub fn written_name(&self, r: Row) -> Option<String> {
         let (p, ctx) = (self.ctx.p, self.ctx);
         let dst = p.ops[*self.writer.get(&r)?].kind.dst();
         let s = ctx.start[dst];

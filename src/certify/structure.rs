@@ -6,7 +6,7 @@ use super::error::{CertifyError, OpSite, Part};
 use super::state::{written_rows, Ctx};
 use super::ModelFiles;
 use crate::ir::{Builtin, OpId, OpKind, Program, RegKind, RegMap, Register};
-use crate::layout::{Layer, Layout, OpPart, PlacedOp};
+use crate::layout::{Layer, Layout, OpPart, PlacedOp, Row};
 use crate::model::config::{ModelKind, MODEL_FORMAT};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -74,19 +74,19 @@ fn check_layout_header(lay: &Layout, width: usize, layers: usize) -> Result<(), 
             lay.layers.len()
         )));
     }
-    if lay.rows.len() != width || lay.rows.iter().enumerate().any(|(i, r)| r.row != i) {
+    if lay.rows.len() != width || lay.rows.iter().enumerate().any(|(i, r)| r.row.index() != i) {
         return Err(layout_err(
             "`rows` must name every row of the hidden state, in order".to_string(),
         ));
     }
-    if lay.zero_row >= width {
+    if lay.zero_row.index() >= width {
         return Err(layout_err(format!(
             "zero_row {} is outside the width {width}",
             lay.zero_row
         )));
     }
     if let Some(pl) = lay.div_payload {
-        if pl[0] >= width || pl[1] >= width || pl[0] == pl[1] {
+        if pl[0].index() >= width || pl[1].index() >= width || pl[0] == pl[1] {
             return Err(layout_err(format!(
                 "div_payload {pl:?} must be two distinct rows below the width"
             )));
@@ -102,8 +102,8 @@ pub fn place_registers(
     p: &Program,
     lay: &Layout,
     width: usize,
-) -> Result<RegMap<usize>, CertifyError> {
-    let mut reserved: BTreeSet<usize> = BTreeSet::new();
+) -> Result<RegMap<Row>, CertifyError> {
+    let mut reserved: BTreeSet<Row> = BTreeSet::new();
     reserved.insert(lay.zero_row);
     if let Some(pl) = lay.div_payload {
         reserved.extend(pl);
@@ -127,8 +127,8 @@ fn register_rows(
     r: &Register,
     lay: &Layout,
     width: usize,
-    reserved: &BTreeSet<usize>,
-) -> Result<[usize; 2], CertifyError> {
+    reserved: &BTreeSet<Row>,
+) -> Result<[Row; 2], CertifyError> {
     let placed: Vec<_> = lay.registers.iter().filter(|x| x.name == r.name).collect();
     if placed.len() > 1 {
         return Err(layout_err(format!(
@@ -165,12 +165,12 @@ fn register_rows(
 /// its pinned row, and clear of the reserved rows.
 fn check_register_rows(
     r: &Register,
-    rows: [usize; 2],
+    rows: [Row; 2],
     lay: &Layout,
     width: usize,
-    reserved: &BTreeSet<usize>,
+    reserved: &BTreeSet<Row>,
 ) -> Result<(), CertifyError> {
-    if rows[1] < rows[0] || rows[1] - rows[0] != r.shape.size() || rows[1] > width {
+    if rows[1] < rows[0] || rows[1] - rows[0] != r.shape.size() || rows[1].index() > width {
         return Err(layout_err(format!(
             "register `{}` ({}) is placed at rows {rows:?}: expected {} rows inside the width \
              {width}",
@@ -189,14 +189,14 @@ fn check_register_rows(
         }
     }
     if let Some(pin) = r.pinned {
-        if rows[0] != pin {
+        if rows[0].index() != pin {
             return Err(layout_err(format!(
                 "register `{}` is pinned at row {pin}, placed at {rows:?}",
                 r.name
             )));
         }
     }
-    if let Some(bad) = (rows[0]..rows[1]).find(|x| reserved.contains(x)) {
+    if let Some(bad) = row_range(rows).find(|x| reserved.contains(x)) {
         return Err(layout_err(format!(
             "register `{}` occupies row {bad}, the zero row or a division payload row",
             r.name
@@ -208,25 +208,31 @@ fn check_register_rows(
 /// Every built-in input's rows: its size inside the width, clear of the reserved rows.
 fn check_input_rows(
     p: &Program,
-    inputs: &BTreeMap<String, [usize; 2]>,
+    inputs: &BTreeMap<String, [Row; 2]>,
     width: usize,
-    reserved: &BTreeSet<usize>,
+    reserved: &BTreeSet<Row>,
 ) -> Result<(), CertifyError> {
     for (name, rows) in inputs {
         let b = Builtin::from_name(name).expect("checked by place_registers");
-        if rows[1] < rows[0] || rows[1] - rows[0] != b.shape(p.d).size() || rows[1] > width {
+        if rows[1] < rows[0] || rows[1] - rows[0] != b.shape(p.d).size() || rows[1].index() > width
+        {
             return Err(layout_err(format!(
                 "input `{name}` at rows {rows:?}: expected {} rows inside the width",
                 b.shape(p.d).size()
             )));
         }
-        if let Some(bad) = (rows[0]..rows[1]).find(|x| reserved.contains(x)) {
+        if let Some(bad) = row_range(*rows).find(|x| reserved.contains(x)) {
             return Err(layout_err(format!(
                 "input `{name}` occupies row {bad}, the zero row or a payload row"
             )));
         }
     }
     Ok(())
+}
+
+/// The rows `[start, end)`.
+fn row_range(rows: [Row; 2]) -> impl Iterator<Item = Row> {
+    (rows[0].index()..rows[1].index()).map(Row)
 }
 
 /// The placed operations of one layer: (attention, MLP).
@@ -348,7 +354,7 @@ pub fn check_disjoint(
     part: Part,
     ops: &[PlacedOp],
 ) -> Result<(), CertifyError> {
-    let mut owner: BTreeMap<usize, OpId> = BTreeMap::new();
+    let mut owner: BTreeMap<Row, OpId> = BTreeMap::new();
     for po in ops {
         let rows = written_rows(ctx, po).ok_or_else(|| {
             ctx.op_err(

@@ -21,6 +21,7 @@
 use super::schedule::{self, Schedule};
 use super::LowerError;
 use crate::ir::{Builtin, OpId, Program, RegId, RegKind, RegMap};
+use crate::layout::Row;
 
 /// One live range of a work register.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,21 +36,21 @@ pub struct Web {
     pub written_block: usize,
     pub last_read_block: Option<usize>,
     /// First row (the web occupies `row .. row + size`).
-    pub row: usize,
+    pub row: Row,
 }
 
 #[derive(Debug, Clone)]
 pub struct Allocation {
     pub width: usize,
     /// First row of each built-in input the program reads (y = 0, x = 1 always).
-    pub input_rows: Vec<(Builtin, RegId, usize)>,
+    pub input_rows: Vec<(Builtin, RegId, Row)>,
     pub webs: Vec<Web>,
     /// For op k: the web each register it reads refers to (`None` for inputs), in `reads()` order.
     pub read_webs: Vec<Vec<Option<usize>>>,
     /// For op k: the web it starts.
     pub write_web: Vec<usize>,
-    pub zero_row: usize,
-    pub payload: Option<[usize; 2]>,
+    pub zero_row: Row,
+    pub payload: Option<[Row; 2]>,
     /// Block of the last read of each input register (None if never read).
     pub input_last_read: RegMap<Option<usize>>,
 }
@@ -57,14 +58,14 @@ pub struct Allocation {
 impl Allocation {
     /// First row of the register op `k` reads as its operand `i`, in the order of
     /// [`schedule::reads`] (for a div: den first, then num).
-    pub fn read_row(&self, p: &Program, k: OpId, i: usize) -> usize {
+    pub fn read_row(&self, p: &Program, k: OpId, i: usize) -> Row {
         let reg = schedule::reads(&p.op(k).kind)[i].0;
         match self.read_webs[k.index()][i] {
             Some(w) => self.webs[w].row,
             None => self.input_row(reg),
         }
     }
-    pub fn input_row(&self, reg: RegId) -> usize {
+    pub fn input_row(&self, reg: RegId) -> Row {
         self.input_rows
             .iter()
             .find(|(_, r, _)| *r == reg)
@@ -72,7 +73,7 @@ impl Allocation {
             .expect("input register has a row")
     }
     /// First row of the register op `k` writes.
-    pub fn write_row(&self, k: OpId) -> usize {
+    pub fn write_row(&self, k: OpId) -> Row {
         self.webs[self.write_web[k.index()]].row
     }
 }
@@ -122,11 +123,11 @@ pub fn allocate(p: &Program, sched: &Schedule) -> Result<Allocation, LowerError>
         .any(|o| matches!(o.kind, crate::ir::OpKind::Div { .. }))
     {
         top += 2;
-        Some([top - 2, top - 1])
+        Some([Row(top - 2), Row(top - 1)])
     } else {
         None
     };
-    let zero_row = top;
+    let zero_row = Row(top);
     Ok(Allocation {
         width: top + 1,
         input_rows,
@@ -213,7 +214,7 @@ fn live_ranges(p: &Program, sched: &Schedule) -> Result<LiveRanges, LowerError> 
             end: st(wl) + 1,
             written_block: b,
             last_read_block: None,
-            row: usize::MAX,
+            row: Row(usize::MAX),
         });
         current[dst] = Some(webs.len() - 1);
         write_web.push(webs.len() - 1);
@@ -233,7 +234,7 @@ fn live_ranges(p: &Program, sched: &Schedule) -> Result<LiveRanges, LowerError> 
 /// The reserved rows: y at 0, x at 1..=d, then the other built-ins `p` reads in the lowest rows
 /// no pinned register claims. Returns the occupancy, the inputs' rows and the first row after
 /// them.
-fn fixed_rows(p: &Program) -> (Occupancy, Vec<(Builtin, RegId, usize)>, usize) {
+fn fixed_rows(p: &Program) -> (Occupancy, Vec<(Builtin, RegId, Row)>, usize) {
     let d = p.d;
     let mut occ = Occupancy {
         rows: Vec::new(),
@@ -269,7 +270,7 @@ fn fixed_rows(p: &Program) -> (Occupancy, Vec<(Builtin, RegId, usize)>, usize) {
                 r
             }
         };
-        input_rows.push((b, reg, row));
+        input_rows.push((b, reg, Row(row)));
     }
     (occ, input_rows, next_fixed)
 }
@@ -307,7 +308,7 @@ fn place_pinned(p: &Program, webs: &mut [Web], occ: &mut Occupancy) -> Result<()
                 });
             }
             occ.take(row, size, (web.start, web.end));
-            web.row = row;
+            web.row = Row(row);
         }
     }
     Ok(())
@@ -339,7 +340,7 @@ fn place_free(p: &Program, webs: &mut [Web], occ: &mut Occupancy) {
         }
         for (&w, &iv) in by_reg[reg].iter().zip(&ivs) {
             occ.take(r, size, iv);
-            webs[w].row = r;
+            webs[w].row = Row(r);
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::ir::{
 };
 use crate::layout::{
     DivConstants, Layer, LayerOps, Layout, OpPart, OutputPlacement, PlacedOp, RegisterPlacement,
-    RowNames, LAYOUT_FORMAT,
+    Row, RowNames, LAYOUT_FORMAT,
 };
 use crate::model::config::{
     Activation, AttnConfig, DType, LayerConfig, MlpConfig, MlpKind, ModelConfig, ModelKind,
@@ -92,13 +92,13 @@ pub struct Compiled {
 
 /// A linear form over hidden rows: `(row, coefficient)`, merged by row.
 #[derive(Default, Clone)]
-struct Form(BTreeMap<usize, f64>);
+struct Form(BTreeMap<Row, f64>);
 
 impl Form {
-    fn add(&mut self, row: usize, c: f64) {
+    fn add(&mut self, row: Row, c: f64) {
         *self.0.entry(row).or_insert(0.0) += c;
     }
-    fn one(row: usize, c: f64) -> Form {
+    fn one(row: Row, c: f64) -> Form {
         let mut f = Form::default();
         f.add(row, c);
         f
@@ -111,13 +111,13 @@ struct Unit {
     gate_bias: f64,
     up: Form,
     up_bias: f64,
-    down: usize,
+    down: Row,
 }
 
 /// One attention value component: value `v·h`, added into output row `out`.
 struct Component {
     v: Form,
-    out: usize,
+    out: Row,
 }
 
 fn elem_name(name: &str, shape: Shape, e: usize) -> String {
@@ -157,7 +157,7 @@ pub fn compile(p: &Program, opts: &LowerOptions) -> Result<Compiled, LowerError>
         width: alloc.width,
         layers: plans.iter().map(layer_config).collect(),
         final_norm: None,
-        readout_row: Some(out_row),
+        readout_row: Some(out_row.index()),
     };
     let spec = Weights::spec(&config);
     let mut w = spec.map(|s| RawTensor::zeros(&s.shape));
@@ -218,7 +218,7 @@ fn ops_by_block(sched: &Schedule) -> Vec<Vec<OpId>> {
 /// enter a division bound), `embed.bias` = 0, and `pos.weight[t]` holds the other built-ins the
 /// program reads (`one` = 1, `is_x`, `is_y`, `count`) at their rows. Everything else starts at 0.
 /// The read-out is `e_{out_row}` with bias 0: the prediction is the output register's row.
-fn embedding(p: &Program, alloc: &Allocation, out_row: usize, w: &mut Weights<RawTensor>) {
+fn embedding(p: &Program, alloc: &Allocation, out_row: Row, w: &mut Weights<RawTensor>) {
     if p.input(Builtin::Y).is_some() {
         w.embed.weight.set2(0, 0, 1.0);
     }
@@ -232,10 +232,10 @@ fn embedding(p: &Program, alloc: &Allocation, out_row: usize, w: &mut Weights<Ra
             continue;
         }
         for t in 0..w.pos.shape[0] {
-            w.pos.set2(t, row, b.value(t, &[], 0));
+            w.pos.set2(t, row.index(), b.value(t, &[], 0));
         }
     }
-    w.readout.weight.set2(0, out_row, 1.0);
+    w.readout.weight.set2(0, out_row.index(), 1.0);
 }
 
 /// A head attending with a fixed pattern: its value components.
@@ -280,7 +280,7 @@ impl Heads {
 ///
 /// `src` and `dst` are the first hidden rows of the registers, `size` their element count.
 /// Returns the index of the pattern head.
-fn mov(heads: &mut Heads, pattern: Pattern, src: usize, dst: usize, size: usize) -> usize {
+fn mov(heads: &mut Heads, pattern: Pattern, src: Row, dst: Row, size: usize) -> usize {
     let h = match heads.patterns.iter().position(|h| h.pattern == pattern) {
         Some(h) => h,
         None => {
@@ -312,10 +312,10 @@ fn mov(heads: &mut Heads, pattern: Pattern, src: usize, dst: usize, size: usize)
 /// computations are negations of each other), so the payload always sums to zero.
 fn div_prep(
     self_head: &mut Vec<Component>,
-    den: usize,
-    payload: [usize; 2],
+    den: Row,
+    payload: [Row; 2],
     pp: f64,
-    dst: usize,
+    dst: Row,
     size: usize,
 ) {
     let [p1, p2] = payload;
@@ -344,14 +344,7 @@ fn div_prep(
 /// |(g·u)²L/(2P²) − 1|, see `division_gain`) the first factor is 1 up to δ, and
 /// `1 − 1/√(1+x) ≤ x/2` gives the relative error `≤ δ + (1+δ)·R/(4P²den²)`, which
 /// `division_constants` bounds by choosing P.
-fn div_apply(
-    units: &mut Vec<Unit>,
-    num: usize,
-    zero: usize,
-    dst: usize,
-    size: usize,
-    dv: &DivReport,
-) {
+fn div_apply(units: &mut Vec<Unit>, num: Row, zero: Row, dst: Row, size: usize, dv: &DivReport) {
     for e in 0..size {
         // The gate carries g, the up projection the constant u.
         let mut gate = Form::one(num + e, dv.gain);
@@ -370,13 +363,13 @@ fn div_apply(
 /// shape, and whether the operand is transposed.
 #[derive(Debug, Clone, Copy)]
 struct MulOperand {
-    row: usize,
+    row: Row,
     reg: Shape,
     transposed: bool,
 }
 
 impl MulOperand {
-    fn of(p: &Program, o: crate::ir::Operand, row: usize) -> MulOperand {
+    fn of(p: &Program, o: crate::ir::Operand, row: Row) -> MulOperand {
         MulOperand {
             row,
             reg: p.reg(o.reg).shape,
@@ -392,7 +385,7 @@ impl MulOperand {
         }
     }
     /// Hidden row of the operand's element (i, j).
-    fn row_of(self, i: usize, j: usize) -> usize {
+    fn row_of(self, i: usize, j: usize) -> Row {
         self.row + operand_index(self.reg, self.transposed, i, j)
     }
 }
@@ -402,7 +395,7 @@ impl MulOperand {
 /// After the terms of each dst element one more unit, gate = −e_{dst}, up = 0, b_u = 1, down adds
 /// into dst: the residual sum is `h[dst] + Σ_j A[i,j]B[j,k] − h[dst]`, an overwrite. Every unit
 /// reads the MLP input, so an in-place product reads the old operands.
-fn mul(units: &mut Vec<Unit>, a: MulOperand, b: MulOperand, dst: usize) {
+fn mul(units: &mut Vec<Unit>, a: MulOperand, b: MulOperand, dst: Row) {
     let (sa, sb) = (a.shape(), b.shape());
     for i in 0..sa.rows {
         for c in 0..sb.cols {
@@ -435,7 +428,7 @@ fn mul(units: &mut Vec<Unit>, a: MulOperand, b: MulOperand, dst: usize) {
 /// or a reused row).
 ///
 /// `gates[e]` lists element e's `(hidden row, coefficient)` pairs in term then operand order.
-fn aff(units: &mut Vec<Unit>, dst: usize, bias: &[f64], gates: &[Vec<(usize, f64)>]) {
+fn aff(units: &mut Vec<Unit>, dst: Row, bias: &[f64], gates: &[Vec<(Row, f64)>]) {
     for (e, (&be, coefs)) in bias.iter().zip(gates).enumerate() {
         units.push(Unit {
             gate: Form::one(dst + e, -1.0),
@@ -526,8 +519,8 @@ fn plan_block<'a>(
                 terms,
                 bias,
             } => {
-                let term_rows: Vec<usize> = (0..terms.len()).map(read).collect();
-                let gates: Vec<Vec<(usize, f64)>> = (0..p.reg(*reg).shape.size())
+                let term_rows: Vec<Row> = (0..terms.len()).map(read).collect();
+                let gates: Vec<Vec<(Row, f64)>> = (0..p.reg(*reg).shape.size())
                     .map(|e| {
                         p.aff_coefficients(terms, e)
                             .map(|(ti, _, elem, c)| (term_rows[ti] + elem, c))
@@ -604,9 +597,9 @@ fn attention_weights(
         for (c, comp) in comps.iter().enumerate() {
             let i = h * hd + c;
             for (&row, &coef) in &comp.v.0 {
-                w.v.weight.set2(i, row, coef);
+                w.v.weight.set2(i, row.index(), coef);
             }
-            w.o.weight.set2(comp.out, i, 1.0);
+            w.o.weight.set2(comp.out.index(), i, 1.0);
         }
     }
     let bias = w.bias.as_mut().ok_or_else(|| LowerError::Internal {
@@ -639,14 +632,14 @@ fn mlp_weights(units: &[Unit], w: &mut Mlp<RawTensor>) -> Result<(), LowerError>
     })?;
     for (u, unit) in units.iter().enumerate() {
         for (&row, &c) in &unit.gate.0 {
-            gate.weight.set2(u, row, c);
+            gate.weight.set2(u, row.index(), c);
         }
         for (&row, &c) in &unit.up.0 {
-            w.up.weight.set2(u, row, c);
+            w.up.weight.set2(u, row.index(), c);
         }
         gate.bias.data[u] = unit.gate_bias;
         w.up.bias.data[u] = unit.up_bias;
-        w.down.weight.set2(unit.down, u, 1.0);
+        w.down.weight.set2(unit.down.index(), u, 1.0);
     }
     Ok(())
 }
@@ -720,7 +713,7 @@ fn placed(p: &Program, k: OpId, part: OpPart, heads: Vec<usize>) -> PlacedOp {
 
 /// The row the read-out reads: the output register's (an input's row, or the row of its last
 /// live range), which must be a scalar.
-fn output_row(p: &Program, alloc: &Allocation) -> Result<usize, LowerError> {
+fn output_row(p: &Program, alloc: &Allocation) -> Result<Row, LowerError> {
     let reg = p.reg(p.output);
     if !reg.shape.is_scalar() {
         return Err(LowerError::Unsupported {
@@ -749,7 +742,8 @@ fn output_row(p: &Program, alloc: &Allocation) -> Result<usize, LowerError> {
 /// Largest |value| each hidden row can hold (payload rows: 0, they are excluded from R).
 fn row_bounds(p: &Program, ranges: &Ranges, alloc: &Allocation) -> Vec<(f64, String)> {
     let mut b: Vec<(f64, String)> = vec![(0.0, String::new()); alloc.width];
-    let mut put = |row: usize, v: f64, who: String| {
+    let mut put = |row: Row, v: f64, who: String| {
+        let row = row.index();
         // NaN (never expected) counts as unbounded.
         let v = if v.is_nan() { f64::INFINITY } else { v };
         if v > b[row].0 || b[row].1.is_empty() {
@@ -911,12 +905,13 @@ fn division_report(
 /// A row without a finite bound is returned as the error, with its register's name.
 fn non_payload_bound(
     bounds: &[(f64, String)],
-    payload: Option<[usize; 2]>,
-) -> Result<(f64, f64), (usize, &str)> {
-    let payload = payload.unwrap_or([usize::MAX; 2]);
+    payload: Option<[Row; 2]>,
+) -> Result<(f64, f64), (Row, &str)> {
+    let payload = payload.unwrap_or([Row(usize::MAX); 2]);
     let mut r_max = 0.0f64;
     let mut m_rows = 0.0f64;
     for (row, (v, who)) in bounds.iter().enumerate() {
+        let row = Row(row);
         if payload.contains(&row) {
             continue;
         }
@@ -1021,16 +1016,16 @@ fn build_layout(
     nblocks: usize,
     layers: Vec<LayerOps>,
     divs: &[DivReport],
-    out_row: usize,
+    out_row: Row,
 ) -> Layout {
     let mut names: Vec<Vec<String>> = vec![Vec::new(); alloc.width];
     let (inputs, mut registers) = input_placements(p, alloc, &mut names);
     registers.extend(work_placements(p, alloc, nblocks, &mut names));
     if let Some([p1, p2]) = alloc.payload {
-        names[p1].push("div payload +P·den".into());
-        names[p2].push("div payload −P·den".into());
+        names[p1.index()].push("div payload +P·den".into());
+        names[p2.index()].push("div payload −P·den".into());
     }
-    names[alloc.zero_row].push("zero (never written)".into());
+    names[alloc.zero_row.index()].push("zero (never written)".into());
     let rows = names
         .into_iter()
         .enumerate()
@@ -1038,7 +1033,10 @@ fn build_layout(
             if names.is_empty() {
                 names.push("unused (always 0)".into());
             }
-            RowNames { row, names }
+            RowNames {
+                row: Row(row),
+                names,
+            }
         })
         .collect();
     Layout {
@@ -1075,11 +1073,11 @@ fn input_placements(
     p: &Program,
     alloc: &Allocation,
     names: &mut [Vec<String>],
-) -> (BTreeMap<String, [usize; 2]>, Vec<RegisterPlacement>) {
+) -> (BTreeMap<String, [Row; 2]>, Vec<RegisterPlacement>) {
     let mut inputs = BTreeMap::new();
     let mut registers = Vec::new();
-    inputs.insert("y".to_string(), [0, 1]);
-    inputs.insert("x".to_string(), [1, p.d + 1]);
+    inputs.insert("y".to_string(), [Row(0), Row(1)]);
+    inputs.insert("x".to_string(), [Row(1), Row(p.d + 1)]);
     if p.input(Builtin::Y).is_none() {
         names[0].push("y (not read: embedded as 0)".into());
     }
@@ -1100,7 +1098,7 @@ fn input_placements(
             last_read: alloc.input_last_read[reg].map(Layer),
         });
         for e in 0..size {
-            names[row + e].push(format!("{} (input)", elem_name(&r.name, r.shape, e)));
+            names[(row + e).index()].push(format!("{} (input)", elem_name(&r.name, r.shape, e)));
         }
     }
     (inputs, registers)
@@ -1140,7 +1138,7 @@ fn work_placements(
         pl.last_read = pl.last_read.max(last_read.map(Layer));
         let until = last_read.unwrap_or(w.written_block);
         for e in 0..size {
-            spans[w.row + e].push((w.written_block, until, w.reg, e));
+            spans[(w.row + e).index()].push((w.written_block, until, w.reg, e));
         }
     }
     for (row, sp) in spans.iter_mut().enumerate() {

@@ -424,7 +424,7 @@ fn register_placements() -> Vec<RegisterPlacement> {
     let rp = |name: &str, shape: [usize; 2], start: usize, written, last_read| RegisterPlacement {
         name: name.into(),
         shape,
-        rows: [start, start + shape[0] * shape[1]],
+        rows: [Row(start), Row(start + shape[0] * shape[1])],
         written,
         last_read,
     };
@@ -475,14 +475,14 @@ fn layout() -> Layout {
         format: LAYOUT_FORMAT.into(),
         width: W,
         inputs: [
-            ("y".to_string(), [Y, Y + 1]),
-            ("x".to_string(), [X, X + 2]),
-            ("one".to_string(), [ONE, ONE + 1]),
+            ("y".to_string(), [Row(Y), Row(Y + 1)]),
+            ("x".to_string(), [Row(X), Row(X + 2)]),
+            ("one".to_string(), [Row(ONE), Row(ONE + 1)]),
         ]
         .into_iter()
         .collect(),
-        zero_row: ZERO,
-        div_payload: Some(PAY),
+        zero_row: Row(ZERO),
+        div_payload: Some(PAY.map(Row)),
         div_constants: vec![DivConstants {
             layer: Layer(3),
             payload_scale: P_SCALE,
@@ -492,14 +492,14 @@ fn layout() -> Layout {
         registers: register_placements(),
         rows: (0..W)
             .map(|r| RowNames {
-                row: r,
+                row: Row(r),
                 names: vec![],
             })
             .collect(),
         layers: layer_ops(&program()),
         output: OutputPlacement {
             register: "o".into(),
-            row: O,
+            row: Row(O),
         },
         encoding: "columns x̃_1, ỹ_1, …".into(),
     }

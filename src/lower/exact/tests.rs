@@ -49,10 +49,10 @@ fn col_entries(m: &RawTensor, j: usize) -> Vec<(usize, f64)> {
 
 /// `h + Σ_u (gate_u·m + b_g)(up_u·m + b_u)·e_{down_u}` with the MLP input `m`.
 fn apply_units(units: &[Unit], h: &[f64], m: &[f64]) -> Vec<f64> {
-    let form = |f: &Form| f.0.iter().map(|(&r, &c)| c * m[r]).sum::<f64>();
+    let form = |f: &Form| f.0.iter().map(|(&r, &c)| c * m[r.index()]).sum::<f64>();
     let mut out = h.to_vec();
     for u in units {
-        out[u.down] += (form(&u.gate) + u.gate_bias) * (form(&u.up) + u.up_bias);
+        out[u.down.index()] += (form(&u.gate) + u.gate_bias) * (form(&u.up) + u.up_bias);
     }
     out
 }
@@ -62,7 +62,7 @@ fn mov_prev_reads_exactly_the_previous_column_and_overwrites_dst() {
     let (width, t_max) = (8, 4);
     let mut heads = Heads::default();
     // A 2-element register at rows 3..5 moved into rows 5..7.
-    assert_eq!(mov(&mut heads, Pattern::Prev, 3, 5, 2), 0);
+    assert_eq!(mov(&mut heads, Pattern::Prev, Row(3), Row(5), 2), 0);
     assert_eq!(
         (heads.count(), heads.head_dim(), heads.self_index()),
         (2, 2, 1)
@@ -101,9 +101,9 @@ fn mov_prev_reads_exactly_the_previous_column_and_overwrites_dst() {
 #[test]
 fn mov_shares_one_head_per_pattern_and_pads_smaller_heads() {
     let mut heads = Heads::default();
-    assert_eq!(mov(&mut heads, Pattern::Col(2), 1, 4, 1), 0);
-    assert_eq!(mov(&mut heads, Pattern::Prev, 2, 5, 3), 1);
-    assert_eq!(mov(&mut heads, Pattern::Col(2), 3, 8, 1), 0);
+    assert_eq!(mov(&mut heads, Pattern::Col(2), Row(1), Row(4), 1), 0);
+    assert_eq!(mov(&mut heads, Pattern::Prev, Row(2), Row(5), 3), 1);
+    assert_eq!(mov(&mut heads, Pattern::Col(2), Row(3), Row(8), 1), 0);
     // col(2) has 2 components, prev 3, the self head one per moved element: 5.
     assert_eq!((heads.count(), heads.head_dim()), (3, 5));
     let t_max = 5;
@@ -129,17 +129,17 @@ fn mul_units_compute_the_product_and_overwrite_dst() {
     // A: 2×1 register at rows 0..2; B: a 2×1 register at rows 2..4 read transposed (1×2);
     // dst: 2×2 at rows 4..8, holding stale values.
     let a = MulOperand {
-        row: 0,
+        row: Row(0),
         reg: Shape { rows: 2, cols: 1 },
         transposed: false,
     };
     let b = MulOperand {
-        row: 2,
+        row: Row(2),
         reg: Shape { rows: 2, cols: 1 },
         transposed: true,
     };
     let mut units = Vec::new();
-    mul(&mut units, a, b, 4);
+    mul(&mut units, a, b, Row(4));
     // Per dst element: one term unit (inner dimension 1) and one overwrite unit.
     assert_eq!(units.len(), 8);
     let h = [2.0, -3.0, 5.0, 7.0, 11.0, 13.0, 17.0, 19.0];
@@ -148,16 +148,16 @@ fn mul_units_compute_the_product_and_overwrite_dst() {
     assert_eq!(&out[4..], &[10.0, 14.0, -15.0, -21.0], "dst = A·Bᵀ");
     // The overwrite unit of dst[1,1]: gate −e_dst, up bias 1.
     let ow = &units[7];
-    assert_eq!(ow.gate.0.iter().collect::<Vec<_>>(), vec![(&7, &-1.0)]);
-    assert_eq!((ow.up.0.len(), ow.up_bias, ow.down), (0, 1.0, 7));
+    assert_eq!(ow.gate.0.iter().collect::<Vec<_>>(), vec![(&Row(7), &-1.0)]);
+    assert_eq!((ow.up.0.len(), ow.up_bias, ow.down), (0, 1.0, Row(7)));
 }
 
 #[test]
 fn aff_gate_row_has_the_coefficients_and_minus_one_on_dst() {
     // dst[0] ← 2·h[1] + 3·h[4] + 1·h[1] + 0.5 in place (dst is row 4); dst[1] ← −1.
-    let gates = vec![vec![(1, 2.0), (4, 3.0), (1, 1.0)], vec![]];
+    let gates = vec![vec![(Row(1), 2.0), (Row(4), 3.0), (Row(1), 1.0)], vec![]];
     let mut units = Vec::new();
-    aff(&mut units, 4, &[0.5, -1.0], &gates);
+    aff(&mut units, Row(4), &[0.5, -1.0], &gates);
     assert_eq!(units.len(), 4);
     let mut w = Mlp {
         gate: Some(Linear {
@@ -197,11 +197,11 @@ fn aff_gate_row_has_the_coefficients_and_minus_one_on_dst() {
 
 /// Rows of the division tests: width 8, den at 1, num (2 elements) at 2..4, dst at 4..6, the
 /// payload at 6 and 7, the zero row 0.
-const DEN: usize = 1;
-const NUM: usize = 2;
-const DST: usize = 4;
-const PAYLOAD: [usize; 2] = [6, 7];
-const ZERO: usize = 0;
+const DEN: Row = Row(1);
+const NUM: Row = Row(2);
+const DST: Row = Row(4);
+const PAYLOAD: [Row; 2] = [Row(6), Row(7)];
+const ZERO: Row = Row(0);
 
 /// A division's constants for width 8 in f64, with payload scale `pp`.
 fn div_report(pp: f64) -> DivReport {
@@ -233,7 +233,7 @@ fn div_prep_writes_the_payload_and_clears_dst() {
     let h = [0.0, -2.5, 3.0, 4.0, 5.0, 6.0, 7.0, -8.0];
     let mut out = h.to_vec();
     for c in &self_head {
-        out[c.out] += c.v.0.iter().map(|(&r, &k)| k * h[r]).sum::<f64>();
+        out[c.out.index()] += c.v.0.iter().map(|(&r, &k)| k * h[r.index()]).sum::<f64>();
     }
     assert_eq!(out, vec![0.0, -2.5, 3.0, 4.0, 0.0, 0.0, -2560.0, 2560.0]);
 }
@@ -266,9 +266,9 @@ fn div_apply_divides_through_the_layer_norm() {
     for (e, num) in [3.0, -4.0].into_iter().enumerate() {
         let want = num / den.abs();
         assert!(
-            ((out[DST + e] - want) / want).abs() < 1e-11,
+            ((out[(DST + e).index()] - want) / want).abs() < 1e-11,
             "{} vs {want}",
-            out[DST + e]
+            out[(DST + e).index()]
         );
     }
 }
@@ -286,7 +286,7 @@ fn layer_config_has_the_parts_its_ops_use() {
             mlp: None
         }
     );
-    mov(&mut plan.heads, Pattern::Prev, 1, 2, 3);
+    mov(&mut plan.heads, Pattern::Prev, Row(1), Row(2), 3);
     plan.attn_ops.push((OpId(0), Some(0), OpPart::Whole));
     div_prep(&mut plan.heads.self_head, DEN, PAYLOAD, 1.0, DST, 1);
     div_apply(&mut plan.units, NUM, ZERO, DST, 1, &dv);
@@ -315,12 +315,12 @@ fn payload_scale_is_the_smallest_power_of_two_meeting_the_bound() {
 fn non_payload_bound_skips_the_payload_and_names_an_unbounded_row() {
     let b = |v: f64, who: &str| (v, who.to_string());
     let bounds = vec![b(1.0, "a"), b(f64::INFINITY, "p"), b(3.0, "c[1]")];
-    let (r_max, m) = non_payload_bound(&bounds, Some([1, 5])).unwrap();
+    let (r_max, m) = non_payload_bound(&bounds, Some([Row(1), Row(5)])).unwrap();
     // 1² + 3², rounded upward by a few ulps at most.
     assert!(
         (10.0..=10.0 * (1.0 + 4.0 * f64::EPSILON)).contains(&r_max),
         "{r_max}"
     );
     assert_eq!(m, 3.0);
-    assert_eq!(non_payload_bound(&bounds, None), Err((1, "p")));
+    assert_eq!(non_payload_bound(&bounds, None), Err((Row(1), "p")));
 }
