@@ -2,6 +2,7 @@
 //! tests read them back as tensors or run them on a hidden column.
 
 use super::*;
+use crate::ir::Location;
 use crate::model::schema::Linear;
 
 const NEG: f64 = f64::NEG_INFINITY;
