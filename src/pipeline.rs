@@ -240,33 +240,33 @@ pub fn validate(p: &Program, compiled: &Compiled, opts: &Options) -> Result<Vali
     })?;
     let solver = solver_for(p)?;
     let solved = solver.map(|s| crate::solvers::predict_batch(&s, &prompts));
-    let by_dtype = |dt: DType| -> Result<Errors> {
-        let other;
-        let c = if dt == compiled.config.dtype {
-            compiled
-        } else {
-            other = lower(p, dt)?;
-            &other
-        };
+    let measure = |c: &Compiled| -> Result<Errors> {
         let pred = run_model(c, &prompts, &opts.device)
-            .with_context(|| format!("running the {} model", dt.name()))?;
+            .with_context(|| format!("running the {} model", c.config.dtype.name()))?;
         Ok(errors(&pred, &interp, solved.as_deref()))
+    };
+    let (f64, f32) = match compiled.config.dtype {
+        DType::F64 => (
+            measure(compiled)?,
+            // A program whose ranges need a LayerNorm payload beyond f32 still compiles in f64;
+            // the f32 figure is then reported as unavailable, with the reason.
+            match lower(p, DType::F32) {
+                Err(e) => Measurement::Unavailable(format!("{e:#}")),
+                Ok(c32) => Measurement::Measured(measure(&c32)?),
+            },
+        ),
+        DType::F32 => (
+            measure(&lower(p, DType::F64)?)?,
+            Measurement::Measured(measure(compiled)?),
+        ),
     };
     Ok(ValidationReport {
         prompts: opts.prompts,
         seed: opts.seed,
         device: opts.device.clone(),
         solver: solver.map(|s| s.name()),
-        f64: by_dtype(DType::F64)?,
-        // A program whose ranges need a LayerNorm payload beyond f32 still compiles in f64;
-        // the f32 figure is then reported as unavailable, with the reason.
-        f32: match compiled.config.dtype {
-            DType::F32 => Measurement::Measured(by_dtype(DType::F32)?),
-            DType::F64 => match lower(p, DType::F32) {
-                Err(e) => Measurement::Unavailable(format!("{e:#}")),
-                Ok(_) => Measurement::Measured(by_dtype(DType::F32)?),
-            },
-        },
+        f64,
+        f32,
     })
 }
 
