@@ -12,7 +12,7 @@ use crate::model::config::{
     MomentumConfig, NormConfig, MODEL_FORMAT,
 };
 use crate::model::{self, ModelError, Transformer};
-use crate::prompt::{Prompt, PromptDistribution};
+use crate::prompt::{Prompt, PromptDistribution, XFamily};
 use crate::tensors::{self, NamedTensors, RawTensor};
 use candle_core::{DType as CDType, Device, Tensor};
 use rand::{Rng, SeedableRng};
@@ -75,7 +75,8 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
     }
 }
 
-/// The task: prompts x ~ N(x_shift, x_scale² I_d), w ~ N(0, w_std² I_d), y = wᵀx + N(0, noise_std²).
+/// The task: prompts x ~ N(x_shift, x_scale² I_d) (or uniform with that mean and deviation),
+/// w ~ N(0, w_std² I_d) (or fixed), y = wᵀx + N(0, noise_std²).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskConfig {
@@ -89,6 +90,12 @@ pub struct TaskConfig {
     pub x_scale: f64,
     #[serde(default)]
     pub x_shift: f64,
+    /// `normal` (default) or `uniform` x entries (with standard deviation `x_scale`).
+    #[serde(default)]
+    pub x_family: XFamily,
+    /// Every entry of w fixed to this value (the paper's control task: w = 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub w_fixed: Option<f64>,
 }
 
 fn one() -> f64 {
@@ -236,6 +243,12 @@ impl TrainConfig {
                 value: t.x_shift,
             });
         }
+        if let Some(value) = t.w_fixed.filter(|v| !v.is_finite()) {
+            return Err(E::NotFinite {
+                field: "task.w_fixed",
+                value,
+            });
+        }
         finite_nonneg(m.ln_eps, "model.ln_eps")?;
         if m.ln_eps == 0.0 {
             return Err(E::ZeroLayerNormEps);
@@ -286,6 +299,8 @@ impl TrainConfig {
             noise_std: t.noise_std,
             x_scale: t.x_scale,
             x_shift: t.x_shift,
+            x_family: t.x_family,
+            w_fixed: t.w_fixed,
         }
     }
 
