@@ -5,11 +5,13 @@
 //! `.icl text ─front→ ir::Program ─ir::validate→ ─lower::exact→ Compiled ─certify→ ─emit→ files`,
 //! with `interp` the meaning, `ranges` the sound interval analysis, `certify` the per-layer proof
 //! read back from the emitted files, `model` the one Candle transformer for compiled and trained
-//! models, `solvers` the f64 ground truth, `prompt` the task, `train` and `eval` the trained mode.
+//! models, `solvers` the f64 ground truth, `prompt` the task, `train` the trained mode, `analysis`
+//! the comparison of learners (prompt sets, metrics, `icl compare`, probes, experiments), `plot`
+//! the figures.
 
+pub mod analysis;
 pub mod certify;
 pub mod emit;
-pub mod eval;
 pub mod front;
 pub mod interp;
 pub mod ir;

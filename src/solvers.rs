@@ -11,6 +11,8 @@
 //! - `Knn { k, weighted }`: mean of the y's of the k nearest earlier examples (Euclidean; ties
 //!   broken by example order), uniform or weighted by 1/distance²; an exact match (distance 0)
 //!   predicts the mean y of the exact matches; fewer than k examples: all of them; none: 0.
+//! - `Moments`: the moment estimator `w = Xᵀy / k` after k examples (the reference code's
+//!   "Lstsq-Constant-Sigma" with P = I; 0 with no examples).
 //! - `Zero`: always 0.
 
 use crate::prompt::Prompt;
@@ -23,6 +25,7 @@ pub enum Solver {
     Gd { alpha: f64 },
     Sgd { alpha: f64, lambda: f64 },
     Knn { k: usize, weighted: bool },
+    Moments,
     Zero,
 }
 
@@ -37,6 +40,7 @@ impl Solver {
             Solver::Sgd { alpha, lambda } => format!("sgd({alpha},{lambda})"),
             Solver::Knn { k, weighted: false } => format!("knn({k})"),
             Solver::Knn { k, weighted: true } => format!("knn({k},weighted)"),
+            Solver::Moments => "moments".into(),
             Solver::Zero => "zero".into(),
         }
     }
@@ -77,8 +81,22 @@ impl Solver {
             Solver::Ridge { lambda } => ridge_weights(xs, ys, lambda),
             Solver::Gd { alpha } => gd_weights(xs, ys, alpha),
             Solver::Sgd { alpha, lambda } => sgd_weights(xs, ys, alpha, lambda),
+            Solver::Moments => moment_weights(xs, ys),
             Solver::Zero => xs.first().map(|x| vec![0.0; x.len()]).unwrap_or_default(),
             Solver::Knn { .. } => Vec::new(),
+        }
+    }
+
+    /// Whether the solver's answer is a linear function `wᵀx` of the query (all but kNN).
+    pub fn is_linear(&self) -> bool {
+        !matches!(self, Solver::Knn { .. })
+    }
+
+    /// The prediction at an arbitrary query `q` after the examples `xs`, `ys`.
+    pub fn predict_query(&self, xs: &[Vec<f64>], ys: &[f64], q: &[f64]) -> f64 {
+        match *self {
+            Solver::Knn { k, weighted } => knn_predict(xs, ys, q, k, weighted),
+            _ => dot(&self.weights(xs, ys), q),
         }
     }
 }
@@ -166,6 +184,12 @@ pub fn gd_weights(xs: &[Vec<f64>], ys: &[f64], alpha: f64) -> Vec<f64> {
         }
     }
     w.iter().map(|v| 2.0 * alpha * v).collect()
+}
+
+/// The moment estimator `w = Xᵀy / k` (k = number of examples).
+pub fn moment_weights(xs: &[Vec<f64>], ys: &[f64]) -> Vec<f64> {
+    let k = xs.len() as f64;
+    gd_weights(xs, ys, 0.5).into_iter().map(|v| v / k).collect()
 }
 
 /// `w ← w − 2α(x xᵀw − x y + λw)`.

@@ -73,12 +73,8 @@ fn a_few_hundred_steps_reduce_the_loss() {
     // predictor on average over positions with at least one example.
     let model = Transformer::load(dir.path(), &Device::Cpu, None).unwrap();
     assert_eq!(model.config.kind, ModelKind::Trained);
-    let rep = icl::eval::evaluate(&model, &cfg.distribution(), 200, 1, 0.1).unwrap();
-    let (mut me, mut ze) = (0.0, 0.0);
-    for r in &rep.rows[1..] {
-        me += r.model;
-        ze += r.zero;
-    }
+    let rep = compare_with_zero(dir.path(), &cfg.distribution(), 200, 1);
+    let (me, ze): (f64, f64) = (rep.mse[0][1..].iter().sum(), rep.mse[1][1..].iter().sum());
     assert!(me < 0.9 * ze, "model {me} vs zero {ze}");
 }
 
@@ -305,7 +301,8 @@ fn compiled_style_directory_evaluates_through_the_same_path() {
     save_model_dir(dir.path(), &c, &t).unwrap();
     let model = Transformer::load(dir.path(), &Device::Cpu, None).unwrap();
     let dist = PromptDistribution::new(d, n);
-    let rep = icl::eval::evaluate(&model, &dist, 50, 4, 0.1).unwrap();
+    drop(model);
+    let rep = compare_with_zero(dir.path(), &dist, 50, 4);
     let prompts = dist.sample_batch(50, 4);
     for k in 0..=n {
         let want: f64 = prompts
@@ -317,13 +314,40 @@ fn compiled_style_directory_evaluates_through_the_same_path() {
             .sum::<f64>()
             / 50.0;
         assert!(
-            (rep.rows[k].model - want).abs() <= 1e-12 * want.max(1.0),
+            // The comparison divides by d.
+            (rep.mse[0][k] * d as f64 - want).abs() <= 1e-12 * want.max(1.0),
             "k={k}: {} vs {want}",
-            rep.rows[k].model
+            rep.mse[0][k]
         );
     }
-    assert_eq!(rep.rows[0].model, rep.rows[0].zero);
-    // OLS is exact once k ≥ d (noiseless) and the table has a line per prefix length.
-    assert!(rep.rows[n].ols < 1e-20);
-    assert_eq!(rep.table().lines().count(), n + 3);
+    assert_eq!(rep.mse[0][0], rep.mse[1][0]);
+    // OLS is exact once k ≥ d (noiseless).
+    assert!(rep.mse[2][n] < 1e-20);
+}
+
+/// `icl compare DIR zero ols` on `count` prompts of `dist` (seed `seed`).
+fn compare_with_zero(
+    dir: &std::path::Path,
+    dist: &PromptDistribution,
+    count: usize,
+    seed: u64,
+) -> icl::analysis::compare::Comparison {
+    use icl::analysis::{compare, learner, prompt_set::PromptSet};
+    let set = PromptSet::sample(dist, count, seed).unwrap();
+    let opts = learner::LoadOptions {
+        device: Device::Cpu,
+        dtype: None,
+    };
+    let learners = [dir.display().to_string(), "zero".into(), "ols".into()]
+        .iter()
+        .map(|s| learner::load(s, dist, &opts).unwrap())
+        .collect::<Vec<_>>();
+    let copts = compare::CompareOptions {
+        ilwd_prompts: 4,
+        probes: 0,
+        seed: 0,
+        allow_uncertified: false,
+        progress: false,
+    };
+    compare::compare(&learners, &set, "test", &copts).unwrap()
 }

@@ -1,11 +1,16 @@
 //! `icl`: train transformers on in-context regression and evaluate any model directory.
 //!
-//! Subcommands: `train CONFIG.toml`, `eval MODEL_DIR`, `check MODEL_DIR`.
+//! Subcommands: `train CONFIG.toml`, `prompts`, `compare LEARNER…`, `eval MODEL_DIR`,
+//! `check MODEL_DIR`.
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use icl::analysis::compare::{self, CompareOptions};
+use icl::analysis::learner::{self, LoadOptions};
+use icl::analysis::prompt_set::PromptSet;
+use icl::analysis::{tables, PromptSource};
 use icl::model::config::DType;
-use icl::model::{parse_device, Transformer};
+use icl::model::parse_device;
 use icl::prompt::PromptDistribution;
 use icl::train::{self, TrainOptions};
 use std::io::IsTerminal;
@@ -26,7 +31,12 @@ struct Cli {
 enum Command {
     /// Train a transformer from a TOML config (see configs/).
     Train(TrainArgs),
-    /// Evaluate a model directory (trained or compiled) against OLS, ridge and the zero predictor.
+    /// Write a prompt set (safetensors: xs, ys, ws and the distribution) for analysis commands.
+    Prompts(PromptsArgs),
+    /// Compare learners — model directories, .icl programs, solvers — on the same prompts:
+    /// MSE, SPD, ILWD and R² per number of examples, and which learner each model is closest to.
+    Compare(CompareArgs),
+    /// Shortcut: `compare MODEL_DIR ols ridge:λ zero`.
     Eval(EvalArgs),
     /// Re-certify a compiled model directory from its files alone (exit 1 naming the layer and
     /// the operation when a layer does not do what its operation says).
@@ -61,33 +71,129 @@ struct TrainArgs {
 }
 
 #[derive(Args)]
-struct EvalArgs {
-    /// Model directory (config.json + model.safetensors).
-    model_dir: PathBuf,
-    /// Number of sampled prompts.
+struct PromptsArgs {
+    /// The distribution, e.g. d=8,n=40,x=normal*1+0,w=normal*1,noise=0 (also x=uniform*s+μ,
+    /// w=const*c).
+    #[arg(long)]
+    dist: String,
+    /// Number of prompts.
     #[arg(long, default_value_t = 1000)]
-    prompts: usize,
-    /// Seed of the prompt sampler.
+    count: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output file (.safetensors).
+    #[arg(short = 'o', long = "out")]
+    out: PathBuf,
+}
+
+/// Where an analysis command's prompts come from.
+#[derive(Args)]
+struct PromptSourceArgs {
+    /// A prompt set written by `icl prompts`.
+    #[arg(long, conflicts_with = "dist")]
+    prompts: Option<PathBuf>,
+    /// Sample prompts from this distribution (see `icl prompts --help`). Default: the task of the
+    /// first model directory given.
+    #[arg(long)]
+    dist: Option<String>,
+    /// Number of sampled prompts (with --dist or the default).
+    #[arg(long, default_value_t = 1000)]
+    count: usize,
+    /// Seed of the sampled prompts.
     #[arg(long, default_value_t = 12345)]
     seed: u64,
-    /// Ridge regularization λ for the ridge baseline.
-    #[arg(long, default_value_t = 0.1)]
-    lambda: f64,
-    /// Runtime dtype (default: the model file's).
+}
+
+impl PromptSourceArgs {
+    fn source(&self, specs: &[String]) -> Result<PromptSource> {
+        Ok(match (&self.prompts, &self.dist) {
+            (Some(p), _) => PromptSource::File(p.clone()),
+            (None, Some(spec)) => PromptSource::Dist {
+                spec: spec.clone(),
+                count: self.count,
+                seed: self.seed,
+            },
+            (None, None) => PromptSource::ModelTask {
+                dir: PromptSource::first_model_dir(specs).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "no model directory among the learners: give the prompts with --prompts FILE or --dist SPEC"
+                    )
+                })?,
+                count: self.count,
+                seed: self.seed,
+            },
+        })
+    }
+}
+
+/// How model learners run and where results go.
+#[derive(Args)]
+struct RunArgs {
+    /// Runtime dtype of model learners (default: each model file's).
     #[arg(long)]
     dtype: Option<DType>,
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Print the report as JSON instead of a table.
+    /// Prompts used for ILWD and R² (the first ones of the set).
+    #[arg(long, default_value_t = 100)]
+    ilwd_prompts: usize,
+    /// Fresh probe inputs per prompt and k for ILWD (default 4·d).
+    #[arg(long, default_value_t = 0)]
+    probes: usize,
+    /// Seed of the probe inputs.
+    #[arg(long, default_value_t = 0)]
+    probe_seed: u64,
+    /// Run compiled models on prompts outside their certified input ranges (marked as
+    /// uncertified in the output) instead of refusing.
     #[arg(long)]
-    json: bool,
+    uncertified: bool,
+    /// Write the full report as JSON to this file (`-`: standard output).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write every metric in long format (metric,k,learner,other,value) to this file.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Write figures (PNG and SVG) into this directory.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// Learners: model directories, .icl programs (optionally PATH.icl:name=value,…), or solvers:
+    /// ols, ridge:λ, bayes, gd:α, sgd:α, knn:k, knn:k:dist, moments, zero.
+    #[arg(required = true)]
+    learners: Vec<String>,
+    /// Show SPD and ILWD of every learner against this one (default: against each model or
+    /// program).
+    #[arg(long = "ref")]
+    reference: Option<String>,
+    #[command(flatten)]
+    source: PromptSourceArgs,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Model directory (config.json + model.safetensors).
+    model_dir: PathBuf,
+    /// λ of the ridge baseline.
+    #[arg(long, default_value_t = 0.1)]
+    lambda: f64,
+    #[command(flatten)]
+    source: PromptSourceArgs,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(a) => cmd_train(a),
+        Command::Prompts(a) => cmd_prompts(a),
+        Command::Compare(a) => cmd_compare(a.learners, a.reference, &a.source, &a.run),
         Command::Eval(a) => cmd_eval(a),
         Command::Check(a) => cmd_check(a),
     };
@@ -126,7 +232,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         )
     });
     let cfg = train::load_config(&a.config, &a.sets)?;
-    let progress = std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
+    let progress = show_progress();
     let opts = TrainOptions {
         out: out.clone(),
         resume: a.resume,
@@ -146,37 +252,100 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+fn cmd_prompts(a: PromptsArgs) -> Result<()> {
+    let dist = PromptDistribution::parse_spec(&a.dist).context("--dist")?;
+    let set = PromptSet::sample(&dist, a.count, a.seed)?;
+    set.save(&a.out)?;
+    println!(
+        "{}: {} prompts from {} (seed {})",
+        a.out.display(),
+        a.count,
+        dist.spec(),
+        a.seed
+    );
+    Ok(())
+}
+
 fn cmd_eval(a: EvalArgs) -> Result<()> {
-    let device = parse_device(&a.device)?;
-    let model = Transformer::load(&a.model_dir, &device, a.dtype)?;
-    // A trained run keeps its task in train.toml; otherwise N(0, I) inputs, N(0, I) weights, no noise.
-    let tpath = a.model_dir.join("train.toml");
-    let (dist, source) = if tpath.exists() {
-        let cfg = train::load_config(&tpath, &[])
-            .with_context(|| format!("reading {}", tpath.display()))?;
-        (cfg.distribution(), format!("task of {}", tpath.display()))
-    } else {
-        (
-            PromptDistribution::new(model.config.d, model.config.n),
-            "x ~ N(0, I), w ~ N(0, I), no noise".into(),
-        )
+    if !(a.lambda.is_finite() && a.lambda > 0.0) {
+        anyhow::bail!("--lambda must be a positive number, found {}", a.lambda);
+    }
+    let specs = vec![
+        a.model_dir.display().to_string(),
+        "ols".into(),
+        format!("ridge:{}", a.lambda),
+        "zero".into(),
+    ];
+    cmd_compare(specs, None, &a.source, &a.run)
+}
+
+fn cmd_compare(
+    specs: Vec<String>,
+    reference: Option<String>,
+    source: &PromptSourceArgs,
+    run: &RunArgs,
+) -> Result<()> {
+    let (set, described) = source.source(&specs)?.resolve()?;
+    let opts = LoadOptions {
+        device: parse_device(&run.device)?,
+        dtype: run.dtype,
     };
-    let report = icl::eval::evaluate(&model, &dist, a.prompts, a.seed, a.lambda)?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!(
-            "{} ({} model, target {}, {} layers, width {}); prompts: {source}",
-            a.model_dir.display(),
-            match model.config.kind {
-                icl::model::config::ModelKind::Compiled => "compiled",
-                icl::model::config::ModelKind::Trained => "trained",
-            },
-            model.config.target,
-            model.config.layers.len(),
-            model.config.width
-        );
-        print!("{}", report.table());
+    let learners = specs
+        .iter()
+        .map(|s| learner::load(s, &set.dist, &opts))
+        .collect::<Result<Vec<_>, _>>()?;
+    let reference = match reference {
+        Some(r) => Some(
+            learners
+                .iter()
+                .find(|l| l.spec == r || l.label == r)
+                .map(|l| l.label.clone())
+                .ok_or_else(|| anyhow::anyhow!("--ref `{r}` is not one of the learners"))?,
+        ),
+        None => None,
+    };
+    let copts = CompareOptions {
+        ilwd_prompts: run.ilwd_prompts,
+        probes: run.probes,
+        seed: run.probe_seed,
+        allow_uncertified: run.uncertified,
+        progress: show_progress(),
+    };
+    let c = compare::compare(&learners, &set, &described, &copts)?;
+    // Everything is computed; now write (each file atomically), then print.
+    if let Some(path) = &run.json {
+        write_output(path, &(serde_json::to_string_pretty(&c)? + "\n"))?;
+    }
+    if let Some(path) = &run.csv {
+        write_output(path, &tables::csv(&c))?;
+    }
+    if let Some(dir) = &run.plot {
+        for f in plot_stub(&c, dir)? {
+            eprintln!("wrote {}", f.display());
+        }
+    }
+    if run.json.as_deref() != Some(std::path::Path::new("-")) {
+        print!("{}", tables::table(&c, reference.as_deref()));
     }
     Ok(())
+}
+
+/// Write a text output atomically (`-`: standard output).
+fn write_output(path: &std::path::Path, text: &str) -> Result<()> {
+    if path == std::path::Path::new("-") {
+        print!("{text}");
+        return Ok(());
+    }
+    icl::tensors::write_atomic(path, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn show_progress() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("CI").is_none()
+}
+fn plot_stub(
+    _c: &icl::analysis::compare::Comparison,
+    _d: &std::path::Path,
+) -> Result<Vec<PathBuf>> {
+    anyhow::bail!("plots not yet")
 }
