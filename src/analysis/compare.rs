@@ -14,7 +14,7 @@ use serde::Serialize;
 /// How the comparison is run.
 #[derive(Debug, Clone)]
 pub struct CompareOptions {
-    /// Prompts used for ILWD and R² (the first ones of the set).
+    /// Prompts used for ILWD and R² (the first ones of the set; 0 skips them).
     pub ilwd_prompts: usize,
     /// Fresh probe inputs per prompt and k (0: 4·d).
     pub probes: usize,
@@ -152,12 +152,18 @@ pub fn compare(
     }
     let targets: Vec<Vec<f64>> = set.prompts.iter().map(|p| p.ys.clone()).collect();
     let mse = preds.iter().map(|p| mean_sq_diff(p, &targets, d)).collect();
-    let ilwd_set = &set.prompts[..opts.ilwd_prompts.clamp(1, set.prompts.len())];
+    // No ILWD prompts: ILWD and R² are skipped (NaN / None).
+    let ilwd_set = &set.prompts[..opts.ilwd_prompts.min(set.prompts.len())];
     let m = if opts.probes == 0 { 4 * d } else { opts.probes };
     let probes = probe_inputs(set, ilwd_set.len(), m, opts.seed);
     let mut weights = Vec::new();
     let mut r2 = Vec::new();
     for l in learners {
+        if ilwd_set.is_empty() {
+            weights.push(Vec::new());
+            r2.push(vec![None; set.n() + 1]);
+            continue;
+        }
         let (w, r) = implicit_weights(l, ilwd_set, &probes, opts.progress)?;
         weights.push(w);
         r2.push(r);
@@ -269,7 +275,11 @@ fn pairs(c: &Comparison, preds: &[Vec<Vec<f64>>], weights: &[Weights]) -> Vec<Pa
     for i in 0..preds.len() {
         for j in i + 1..preds.len() {
             let spd = mean_sq_diff(&preds[i], &preds[j], c.d);
-            let ilwd = mean_weight_dist(&weights[i], &weights[j], c.d);
+            let ilwd = if weights[i].is_empty() {
+                vec![f64::NAN; c.n + 1]
+            } else {
+                mean_weight_dist(&weights[i], &weights[j], c.d)
+            };
             out.push(Pair {
                 a: c.learners[i].label.clone(),
                 b: c.learners[j].label.clone(),

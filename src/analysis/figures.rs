@@ -9,12 +9,22 @@ use std::path::{Path, PathBuf};
 pub fn slug(label: &str) -> String {
     label
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
 fn per_k(values: &[f64]) -> Vec<(f64, f64)> {
-    values.iter().enumerate().map(|(k, &v)| (k as f64, v)).collect()
+    values
+        .iter()
+        .enumerate()
+        .map(|(k, &v)| (k as f64, v))
+        .collect()
 }
 
 fn chart(title: String, y_label: &str, series: Vec<Series>) -> LineChart {
@@ -61,12 +71,20 @@ pub fn divergence_chart(c: &Comparison, subject: &str, ilwd: bool) -> LineChart 
         })
         .collect();
     let name = if ilwd { "ILWD / d" } else { "SPD / d" };
-    chart(format!("{name} between {subject} and each learner"), name, series)
+    chart(
+        format!("{name} between {subject} and each learner"),
+        name,
+        series,
+    )
 }
 
 /// `mse`, and per subject `spd-<subject>` and `ilwd-<subject>`, plus `compare` with all of them
 /// as panels; returns every file written.
-pub fn compare_figures(c: &Comparison, dir: &Path, reference: Option<&str>) -> Result<Vec<PathBuf>, plot::PlotError> {
+pub fn compare_figures(
+    c: &Comparison,
+    dir: &Path,
+    reference: Option<&str>,
+) -> Result<Vec<PathBuf>, plot::PlotError> {
     let mut files = Vec::new();
     let mut panels = vec![Panel::Line(mse_chart(c))];
     files.extend(plot::write_line_chart(&mse_chart(c), &dir.join("mse"))?);

@@ -204,10 +204,12 @@ pub fn load(
     }
     match parse_solver(spec, dist)? {
         Some(s) => Ok(Learner {
-            label: if spec == "bayes" {
-                format!("bayes={}", s.name())
-            } else {
-                s.name()
+            label: match s {
+                // λ* = σ²/τ² rounded for the label (0.1² is 0.010000000000000002 in f64).
+                Solver::Ridge { lambda } if spec == "bayes" => {
+                    format!("bayes(λ={})", (lambda * 1e12).round() / 1e12)
+                }
+                _ => s.name(),
             },
             spec: spec.into(),
             source: Source::Solver(s),

@@ -3,6 +3,8 @@
 //! experiments (docs/ANALYSIS.md).
 
 pub mod compare;
+pub mod experiment;
+pub mod figures;
 pub mod learner;
 pub mod metrics;
 pub mod prompt_set;

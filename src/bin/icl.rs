@@ -38,6 +38,9 @@ enum Command {
     Compare(CompareArgs),
     /// Shortcut: `compare MODEL_DIR ols ridge:λ zero`.
     Eval(EvalArgs),
+    /// The paper's experiments: `noise CONFIG` (the σ/τ table, Fig. 2), `sweep CONFIG` (depth and
+    /// width, Fig. 3). Finished runs are reused; an interrupted experiment resumes.
+    Experiment(ExperimentArgs),
     /// Re-certify a compiled model directory from its files alone (exit 1 naming the layer and
     /// the operation when a layer does not do what its operation says).
     Check(CheckArgs),
@@ -175,6 +178,31 @@ struct CompareArgs {
     run: RunArgs,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExperimentKind {
+    Noise,
+    Sweep,
+}
+
+#[derive(Args)]
+struct ExperimentArgs {
+    kind: ExperimentKind,
+    /// The experiment file (TOML; see configs/noise.toml and configs/sweep.toml).
+    config: PathBuf,
+    /// cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Write the results as JSON to this file (`-`: standard output).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the figure (PNG and SVG) into this directory.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Stop every run after this many steps in total, as if interrupted.
+    #[arg(long, hide = true)]
+    stop_after: Option<usize>,
+}
+
 #[derive(Args)]
 struct EvalArgs {
     /// Model directory (config.json + model.safetensors).
@@ -195,6 +223,7 @@ fn main() {
         Command::Prompts(a) => cmd_prompts(a),
         Command::Compare(a) => cmd_compare(a.learners, a.reference, &a.source, &a.run),
         Command::Eval(a) => cmd_eval(a),
+        Command::Experiment(a) => cmd_experiment(a),
         Command::Check(a) => cmd_check(a),
     };
     if let Err(e) = result {
@@ -266,6 +295,49 @@ fn cmd_prompts(a: PromptsArgs) -> Result<()> {
     Ok(())
 }
 
+fn cmd_experiment(a: ExperimentArgs) -> Result<()> {
+    use icl::analysis::experiment::{noise, sweep, RunOptions};
+    use icl::plot::{Figure, Panel};
+    let opts = RunOptions {
+        device: parse_device(&a.device)?,
+        progress: show_progress(),
+        stop_after: a.stop_after,
+    };
+    let (json, table, figure) = match a.kind {
+        ExperimentKind::Noise => {
+            let t = noise::run(&a.config, &opts)?;
+            let fig = Figure {
+                panels: vec![Panel::Heat(t.heatmap(true)), Panel::Heat(t.heatmap(false))],
+                columns: 2,
+                panel_size: (720, 460),
+            };
+            (serde_json::to_string_pretty(&t)?, t.table(), ("noise", fig))
+        }
+        ExperimentKind::Sweep => {
+            let s = sweep::run(&a.config, &opts)?;
+            let panels: Vec<Panel> = s.charts().into_iter().map(Panel::Line).collect();
+            let fig = Figure {
+                columns: panels.len().min(3),
+                panels,
+                panel_size: (560, 400),
+            };
+            (serde_json::to_string_pretty(&s)?, s.table(), ("sweep", fig))
+        }
+    };
+    if let Some(path) = &a.json {
+        write_output(path, &(json + "\n"))?;
+    }
+    if let Some(dir) = &a.plot {
+        for f in icl::plot::write_figure(&figure.1, &dir.join(figure.0))? {
+            eprintln!("wrote {}", f.display());
+        }
+    }
+    if a.json.as_deref() != Some(std::path::Path::new("-")) {
+        print!("{table}");
+    }
+    Ok(())
+}
+
 fn cmd_eval(a: EvalArgs) -> Result<()> {
     if !(a.lambda.is_finite() && a.lambda > 0.0) {
         anyhow::bail!("--lambda must be a positive number, found {}", a.lambda);
@@ -320,7 +392,7 @@ fn cmd_compare(
         write_output(path, &tables::csv(&c))?;
     }
     if let Some(dir) = &run.plot {
-        for f in plot_stub(&c, dir)? {
+        for f in icl::analysis::figures::compare_figures(&c, dir, reference.as_deref())? {
             eprintln!("wrote {}", f.display());
         }
     }
@@ -342,10 +414,4 @@ fn write_output(path: &std::path::Path, text: &str) -> Result<()> {
 
 fn show_progress() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("CI").is_none()
-}
-fn plot_stub(
-    _c: &icl::analysis::compare::Comparison,
-    _d: &std::path::Path,
-) -> Result<Vec<PathBuf>> {
-    anyhow::bail!("plots not yet")
 }
