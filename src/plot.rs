@@ -1,26 +1,34 @@
 //! Figures as PNG and SVG: line charts and annotated heatmaps, drawn with `plotters`.
 //!
-//! A [`Figure`] is a grid of [`Panel`]s (`columns` per row, each `panel_size` pixels), every
-//! panel either a [`LineChart`] (several labelled [`Series`] of `(x, y)` points, linear or
-//! logarithmic axes) or a [`Heatmap`] (a matrix of values, cells coloured with viridis and
-//! annotated with their value). [`write_figure`] renders a figure to `stem.png` and `stem.svg`
-//! (the suffixes are appended to `stem`, never substituted for an extension it has) and returns
-//! both paths; [`write_line_chart`] is the one-panel shorthand.
+//! A [`Figure`] is a grid of [`Panel`]s (`columns` per row, each `panel_size` pixels, the image
+//! `columns·w × rows·h`), every panel either a [`LineChart`] (labelled [`Series`] of `(x, y)`
+//! points on linear or logarithmic axes) or a [`Heatmap`] (a matrix of values, cells coloured
+//! with viridis and annotated with their value in short scientific notation, see
+//! [`format_sci`]). [`write_figure`] renders a figure to `stem.png` and `stem.svg` (the
+//! suffixes are appended to `stem`, never substituted for an extension it has) and returns both
+//! paths, PNG first; [`write_line_chart`] is the one-panel shorthand.
 //!
-//! * Input is checked before anything is written: a chart without series, a chart none of whose
-//!   points can be drawn, or a malformed heatmap is a [`PlotError`] and leaves no file behind.
-//!   Non-finite points are skipped, and so are points `≤ 0` on a logarithmic axis; a series
-//!   left without points keeps its legend entry, marked "(no drawable points)".
+//! * Input is checked before anything is written: a figure without panels, a chart without
+//!   series, a chart none of whose points can be drawn, or a malformed heatmap is a
+//!   [`PlotError`] and leaves no file behind. Nothing here panics on bad input.
+//! * Non-finite points are skipped as missing; points `≤ 0` are skipped on a logarithmic axis,
+//!   and the series' legend entry says how many ("(2 points ≤ 0 not shown)", or "(no drawable
+//!   points)" when none is left).
 //! * [`Scale::Auto`] picks a logarithmic axis when the positive finite values span more than
-//!   two decades (largest / smallest > 100), else a linear one.
+//!   two decades (largest / smallest > 100), else a linear one. On an x axis of example counts
+//!   `k = 0…n` with `n > 100` that drops `k = 0`: say [`Scale::Linear`] there.
+//! * Line charts: ten palette colours, then the same colours with other markers (circle,
+//!   triangle, square, diamond); a marker on every point, so a one-point series shows. The
+//!   legend goes inside the plot where it hides no data, else to the right of the plot.
 //! * Each file is written atomically (a temporary file in the same directory, then a rename);
 //!   the parent directory is created when missing. The same figure gives byte-identical files.
 //!
-//! Text is set in DejaVu Sans, embedded in the binary (`assets/fonts/DejaVuSans.ttf`, licence
-//! in `assets/fonts/LICENSE-DejaVu.txt`) and registered once with plotters' `ab_glyph` font
-//! backend under the family names `sans-serif`, `serif` and `monospace`, so no system font is
-//! needed. The PNG is rasterised with that font; the SVG holds `<text>` elements (labels are
-//! XML-escaped by plotters) with `font-family="sans-serif"`, laid out with DejaVu metrics.
+//! Text is set in DejaVu Sans, embedded in the binary (`assets/fonts/DejaVuSans.ttf`, 742 KiB,
+//! licence in `assets/fonts/LICENSE-DejaVu.txt`) and registered once per process with
+//! plotters' `ab_glyph` font backend under the family names `sans-serif`, `serif` and
+//! `monospace`, so no system font is needed. The PNG is rasterised with that font; the SVG
+//! holds `<text>` elements (XML-escaped by plotters) in `font-family="sans-serif"`, laid out
+//! with DejaVu's metrics, so the viewer's sans-serif font draws them.
 
 use std::ffi::OsString;
 use std::fs;
@@ -103,7 +111,8 @@ pub struct Heatmap {
     pub row_title: String,
     /// Axis title of the columns (drawn below the grid); may be empty.
     pub col_title: String,
-    /// `values[row][col]`; every row has the same length. NaN is drawn as a blank cell.
+    /// `values[row][col]`; every row has the same length. NaN is a blank cell; ±∞ (and, with
+    /// `log_color`, values `≤ 0`) are blank but annotated (`inf`, `0`, `-3e-2`).
     pub values: Vec<Vec<f64>>,
     /// `(row, col)` cells drawn with a thick red border (e.g. each column's minimum).
     pub marked: Vec<(usize, usize)>,
@@ -414,7 +423,8 @@ fn font(size: f64) -> TextStyle<'static> {
 // Numbers as text
 // ---------------------------------------------------------------------------------------------
 
-/// Short scientific notation: `1.3e-4`, `2e0`, `0`, `-5.1e2`, `inf`; empty for NaN.
+/// Short scientific notation, as heatmap cells are annotated: two significant digits, a
+/// trailing `.0` dropped (`1.3e-4`, `2e0`, `-5.1e2`), `0`, `inf`, `-inf`; empty for NaN.
 pub fn format_sci(v: f64) -> String {
     if v.is_nan() {
         return String::new();
@@ -703,11 +713,21 @@ where
 }
 
 /// A series' legend text; a series none of whose points can be drawn says so.
+/// A series' legend text. It says so when no point can be drawn, or when finite points were
+/// left out because they are `≤ 0` on a logarithmic axis (non-finite points are taken as
+/// missing and left out silently).
 fn legend_label(series: &Series, pts: &[(f64, f64)]) -> String {
-    if pts.is_empty() {
-        format!("{} (no drawable points)", series.label)
-    } else {
-        series.label.clone()
+    let finite = series
+        .points
+        .iter()
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .count();
+    let dropped = finite - pts.len();
+    match (pts.len(), dropped) {
+        (0, _) => format!("{} (no drawable points)", series.label),
+        (_, 0) => series.label.clone(),
+        (_, 1) => format!("{} (1 point ≤ 0 not shown)", series.label),
+        (_, n) => format!("{} ({n} points ≤ 0 not shown)", series.label),
     }
 }
 
@@ -1327,6 +1347,11 @@ mod tests {
         (be(16), be(20))
     }
 
+    /// Whether the SVG draws exactly `text` as one text element.
+    fn has_text(svg: &str, text: &str) -> bool {
+        svg.contains(&format!(">\n{text}\n</text>"))
+    }
+
     fn three_series() -> LineChart {
         let mut chart = LineChart::new("Error vs examples", "k (examples)", "MSE");
         let k = |f: fn(f64) -> f64| (0..=8).map(|k| (f64::from(k), f(f64::from(k)))).collect();
@@ -1428,8 +1453,12 @@ mod tests {
         let paths = write_line_chart(&chart, &dir.path().join("skip")).unwrap();
         let svg = fs::read_to_string(&paths[1]).unwrap();
         assert!(
-            svg.contains("b (no drawable points)"),
+            has_text(&svg, "b (no drawable points)"),
             "empty series lost its legend entry"
+        );
+        assert!(
+            has_text(&svg, "a (1 point ≤ 0 not shown)"),
+            "dropped point not reported"
         );
 
         let mut bad = LineChart::new("nothing", "x", "y");
@@ -1473,14 +1502,12 @@ mod tests {
             "layer 1",
             "k=3",
         ] {
-            assert!(svg.contains(text), "SVG lacks {text:?}");
+            assert!(has_text(&svg, text), "SVG lacks the text {text:?}");
         }
         assert!(!svg.contains("NaN"), "a NaN cell must be blank");
-        // The marked cells' borders are drawn in red.
-        assert!(
-            svg.contains("#E41A1C") || svg.contains("#e41a1c"),
-            "no marked border"
-        );
+        // Each marked cell's border: three nested red rectangles.
+        let red = svg.matches(r##"stroke="#E41A1C""##).count();
+        assert_eq!(red, 3 * 2, "marked borders");
     }
 
     #[test]
@@ -1577,10 +1604,11 @@ mod tests {
         assert!(plan.x.lo < 3.0 && plan.x.hi > 3.0 && plan.y.lo < 2.0 && plan.y.hi > 2.0);
         let paths = write_line_chart(&chart, &dir.path().join("one")).unwrap();
         let svg = fs::read_to_string(&paths[1]).unwrap();
-        // The marker: a filled polygon in the first palette colour (twice: point and legend).
+        // The marker: a filled polygon in the first palette colour, once on the point and
+        // once in the legend.
         let markers = svg
-            .matches("<polygon")
-            .filter(|_| svg.contains("#1F77B4"))
+            .lines()
+            .filter(|l| l.starts_with("<polygon") && l.contains(r##"fill="#1F77B4""##))
             .count();
         assert_eq!(markers, 2, "the marker or its legend sample is missing");
         assert!(svg.contains("lonely"));
@@ -1617,5 +1645,54 @@ mod tests {
             ensure_font().is_ok() && ensure_font().is_ok(),
             "registration is idempotent"
         );
+    }
+
+    #[test]
+    fn awkward_inputs_are_drawn_or_refused_without_panicking() {
+        let dir = tempfile::tempdir().unwrap();
+        // Empty texts, characters outside ASCII, a constant series, tiny panels.
+        let mut chart = LineChart::new("", "", "");
+        chart.series = vec![
+            Series::new("", vec![(1.0, 0.5), (2.0, 0.5)]),
+            Series::new("λ → ∞, R² ≥ 0 \"q\" <b>", vec![(1.5, 0.5)]),
+        ];
+        let mut heat = heatmap();
+        heat.title.clear();
+        heat.row_title.clear();
+        heat.col_labels.clear();
+        heat.log_color = false;
+        heat.values[0][1] = f64::INFINITY;
+        for size in [(64, 64), (200, 120), (640, 420)] {
+            let fig = Figure {
+                panels: vec![Panel::Line(chart.clone()), Panel::Heat(heat.clone())],
+                columns: 1,
+                panel_size: size,
+            };
+            let stem = dir.path().join(format!("awkward-{}", size.0));
+            match write_figure(&fig, &stem) {
+                Ok(paths) => {
+                    let png = fs::read(&paths[0]).unwrap();
+                    assert_eq!(png_size(&png), (size.0, 2 * size.1));
+                }
+                // A heatmap that cannot fit is refused, and nothing is written.
+                Err(PlotError::Backend { message, .. }) => {
+                    assert!(size.0 < 640, "{size:?}: {message}");
+                    assert!(message.contains("too small"), "{message}");
+                    assert!(!with_suffix(&stem, "png").exists());
+                    assert!(!with_suffix(&stem, "svg").exists());
+                }
+                Err(e) => panic!("{size:?}: {e}"),
+            }
+        }
+        let svg = fs::read_to_string(dir.path().join("awkward-640.svg")).unwrap();
+        assert!(svg.contains("λ → ∞, R² ≥ 0"), "non-ASCII label lost");
+        assert!(svg.contains("&lt;b&gt;"), "label not escaped");
+        assert!(has_text(&svg, "inf"), "infinite cell not annotated");
+        let left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.contains(".tmp-"))
+            .collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
     }
 }
