@@ -151,6 +151,29 @@ fn prompts_outside_the_certified_ranges_are_refused_unless_asked_for() {
     let u = c.learners[0].uncertified_prompts.expect("marked");
     assert!(u > 0 && u <= 30);
     assert!(icl::analysis::tables::table(&c, None).contains("not covered by the certificate"));
+    // The ILWD probe inputs are inputs too: with x in [-3, 3], some of the 4·d·(n+1) fresh
+    // probes of a prompt fall outside even where the prompt itself does not.
+    let dir = tempfile::tempdir().unwrap();
+    let model = compile(
+        "programs/gd.icl",
+        &[("d", "2"), ("n", "3"), ("xmax", "3")],
+        dir.path(),
+    );
+    let m = model.display().to_string();
+    let dist = PromptDistribution::new(2, 3);
+    let c = run(&specs(&[&m, "ols"]), &dist, 30, &opts(20, true)).unwrap();
+    let probes = c.learners[0]
+        .uncertified_probe_sets
+        .expect("probe sets marked");
+    assert!(
+        probes > c.learners[0].uncertified_prompts.unwrap_or(0),
+        "{:?}",
+        c.learners[0]
+    );
+    let e = run(&specs(&[&m, "ols"]), &dist, 30, &opts(20, false))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ILWD probe inputs"), "{e}");
 }
 
 #[test]

@@ -35,6 +35,9 @@ pub struct LearnerInfo {
     /// (their results are not covered by the certificate).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uncertified_prompts: Option<usize>,
+    /// ILWD prompts whose fresh probe inputs left the certified x range (run with --uncertified).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uncertified_probe_sets: Option<usize>,
 }
 
 /// SPD and ILWD between two learners, per k and averaged over the two regimes.
@@ -128,6 +131,7 @@ pub fn compare(
             spec: l.spec.clone(),
             kind: l.kind(),
             uncertified_prompts: (outside > 0).then_some(outside),
+            uncertified_probe_sets: None,
         });
     }
     for (i, a) in infos.iter().enumerate() {
@@ -156,6 +160,20 @@ pub fn compare(
     let ilwd_set = &set.prompts[..opts.ilwd_prompts.min(set.prompts.len())];
     let m = if opts.probes == 0 { 4 * d } else { opts.probes };
     let probes = probe_inputs(set, ilwd_set.len(), m, opts.seed);
+    // The ILWD probe inputs are model inputs too: those outside a compiled model's certified x
+    // range are refused or marked like prompts.
+    for (l, info) in learners.iter().zip(&mut infos) {
+        if let Some(r) = l.input_ranges() {
+            let outside = probes
+                .iter()
+                .filter(|pk| !pk.iter().flatten().all(|x| r.covers_x(x)))
+                .count();
+            let outside = l.refuse_unless(outside, probes.len(), opts.allow_uncertified)?;
+            if outside > 0 {
+                info.uncertified_probe_sets = Some(outside);
+            }
+        }
+    }
     let mut weights = Vec::new();
     let mut r2 = Vec::new();
     for l in learners {

@@ -25,7 +25,7 @@ pub enum LearnerError {
     Load { spec: String, source: anyhow::Error },
     #[error("learner `{spec}` does not fit the prompts: {msg}")]
     Fit { spec: String, msg: String },
-    #[error("learner `{spec}`: {count} of {total} prompts fall outside the certified input ranges ({ranges}); the certificate does not cover them. Pass --uncertified to run them anyway (marked as uncertified in the output)")]
+    #[error("learner `{spec}`: {count} of {total} prompts (or their ILWD probe inputs) fall outside the certified input ranges ({ranges}); the certificate does not cover them. Pass --uncertified to run them anyway (marked as uncertified in the output)")]
     OutsideRanges {
         spec: String,
         count: usize,
@@ -58,6 +58,12 @@ impl InputRanges {
         let inside = |r: Option<[f64; 2]>, v: f64| r.is_none_or(|[lo, hi]| lo <= v && v <= hi);
         p.xs.iter().flatten().all(|&v| inside(self.x, v))
             && p.ys[..p.n()].iter().all(|&v| inside(self.y, v))
+    }
+
+    /// Whether a query input x lies in the x range.
+    pub fn covers_x(&self, x: &[f64]) -> bool {
+        self.x
+            .is_none_or(|[lo, hi]| x.iter().all(|&v| lo <= v && v <= hi))
     }
 
     fn describe(&self) -> String {
@@ -387,10 +393,27 @@ impl Learner {
         }
     }
 
+    /// A compiled model's certified input ranges.
+    pub fn input_ranges(&self) -> Option<&InputRanges> {
+        match &self.source {
+            Source::Model { ranges, .. } => ranges.as_ref(),
+            _ => None,
+        }
+    }
+
     /// Refuse prompts outside the certified ranges unless `allow`; returns how many were
     /// outside (to be marked as uncertified).
     pub fn check_ranges(&self, prompts: &[Prompt], allow: bool) -> Result<usize, LearnerError> {
-        let count = self.outside_ranges(prompts);
+        self.refuse_unless(self.outside_ranges(prompts), prompts.len(), allow)
+    }
+
+    /// `count` of `total` prompts (or probe sets) outside the ranges: an error unless `allow`.
+    pub fn refuse_unless(
+        &self,
+        count: usize,
+        total: usize,
+        allow: bool,
+    ) -> Result<usize, LearnerError> {
         if count > 0 && !allow {
             let ranges = match &self.source {
                 Source::Model {
@@ -401,7 +424,7 @@ impl Learner {
             return Err(LearnerError::OutsideRanges {
                 spec: self.spec.clone(),
                 count,
-                total: prompts.len(),
+                total,
                 ranges,
             });
         }

@@ -127,7 +127,7 @@ pub fn table(c: &Comparison, reference: Option<&str>) -> String {
 }
 
 fn display_label(l: &super::compare::LearnerInfo) -> String {
-    if l.uncertified_prompts.is_some() {
+    if l.uncertified_prompts.is_some() || l.uncertified_probe_sets.is_some() {
         format!("{}*", l.label)
     } else {
         l.label.clone()
@@ -161,6 +161,13 @@ pub fn verdict_lines(c: &Comparison) -> String {
 fn footnotes(c: &Comparison) -> String {
     let mut out = String::new();
     for l in &c.learners {
+        if let Some(u) = l.uncertified_probe_sets {
+            let _ = writeln!(
+                out,
+                "* {}: the ILWD probe inputs of {u} of {} prompts lie outside its certified x range (run with --uncertified): its ILWD and R² there are not covered by the certificate",
+                l.label, c.ilwd_prompts
+            );
+        }
         if let Some(u) = l.uncertified_prompts {
             let _ = writeln!(
                 out,
