@@ -201,3 +201,43 @@ fn numpy_forward_of_a_compiled_model_matches_rust() {
     // so agreement is to f64 rounding of the LayerNorm, relative.
     compare_with_numpy(&py, &out, &prompts, 1e-9);
 }
+
+/// A prompt set written by `icl prompts` reads in numpy as docs/FORMATS.md says: the three
+/// tensors with their shapes, the metadata's distribution, and y = xᵀw for a noiseless set.
+#[test]
+fn numpy_reads_a_prompt_set() {
+    let Some(py) = python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.safetensors");
+    let dist = PromptDistribution::parse_spec("d=3,n=5,x=uniform*2+1").unwrap();
+    let set = icl::analysis::prompt_set::PromptSet::sample(&dist, 6, 9).unwrap();
+    set.save(&path).unwrap();
+    let code = r#"
+import json, sys
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import load_file
+p = load_file(sys.argv[1])
+meta = json.loads(safe_open(sys.argv[1], "np").metadata()["icl-prompts"])
+assert p["xs"].shape == (6, 6, 3) and p["ys"].shape == (6, 6) and p["ws"].shape == (6, 3), {k: v.shape for k, v in p.items()}
+assert p["xs"].dtype == np.float64
+assert meta["spec"] == "d=3,n=5,x=uniform*2+1,w=normal*1,noise=0" and meta["count"] == 6, meta
+err = np.abs(np.einsum("bnd,bd->bn", p["xs"], p["ws"]) - p["ys"]).max()
+assert err < 1e-12, err
+print(json.dumps(float(p["xs"][2, 4, 1])))
+"#;
+    let out = Command::new(&py)
+        .args(["-c", code])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: f64 = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v, set.prompts[2].xs[4][1]);
+}
