@@ -283,7 +283,7 @@ fn parse_family(v: &str, with_shift: bool) -> Result<(&str, f64, f64), String> {
     };
     let (family, rest) = v.split_once('*').unwrap_or((v, "1"));
     let (scale, shift) = match rest.find(['+', '-']).filter(|&i| i > 0) {
-        Some(i) if with_shift => (num(&rest[..i])?, num(&rest[i..].trim_start_matches('+'))?),
+        Some(i) if with_shift => (num(&rest[..i])?, num(rest[i..].trim_start_matches('+'))?),
         Some(_) => return Err(format!("`{v}`: w takes no shift")),
         None => (num(rest)?, 0.0),
     };

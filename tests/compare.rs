@@ -187,8 +187,7 @@ fn bad_learners_are_errors_naming_them() {
         ("knn:3:cosine", "weighting"),
     ] {
         let e = run(&specs(&[spec]), &dist, 3, &opts(0, false))
-            .err()
-            .expect(spec)
+            .expect_err(spec)
             .to_string();
         assert!(e.contains(want), "{spec}: {e}");
     }
