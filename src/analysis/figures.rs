@@ -38,12 +38,20 @@ fn chart(title: String, y_label: &str, series: Vec<Series>) -> LineChart {
     }
 }
 
+/// Learners in plotting order: solvers first, then models and programs, so that a learner keeps
+/// its colour across the MSE chart and the SPD/ILWD charts (which leave their subject out).
+fn plot_order(c: &Comparison) -> Vec<usize> {
+    let solver = |i: &usize| c.learners[*i].kind == super::learner::LearnerKind::Solver;
+    let (mut a, b): (Vec<usize>, Vec<usize>) = (0..c.learners.len()).partition(solver);
+    a.extend(b);
+    a
+}
+
 /// MSE / d of every learner vs k.
 pub fn mse_chart(c: &Comparison) -> LineChart {
-    let series = c
-        .learners
-        .iter()
-        .zip(&c.mse)
+    let series = plot_order(c)
+        .into_iter()
+        .map(|i| (&c.learners[i], &c.mse[i]))
         .map(|(l, m)| Series {
             label: l.label.clone(),
             points: per_k(m),
@@ -58,9 +66,9 @@ pub fn mse_chart(c: &Comparison) -> LineChart {
 
 /// SPD (`ilwd` false) or ILWD between `subject` and every other learner vs k.
 pub fn divergence_chart(c: &Comparison, subject: &str, ilwd: bool) -> LineChart {
-    let series = c
-        .learners
-        .iter()
+    let series = plot_order(c)
+        .into_iter()
+        .map(|i| &c.learners[i])
         .filter(|l| l.label != subject)
         .filter_map(|l| {
             let (p, _) = c.pair(subject, &l.label)?;
