@@ -7,6 +7,7 @@
 //! read back from the emitted files, `model` the one Candle transformer for compiled and trained
 //! models, `solvers` the f64 ground truth, `prompt` the task, `train` and `eval` the trained mode.
 
+pub mod analysis;
 pub mod certify;
 pub mod emit;
 pub mod eval;

@@ -1,0 +1,3 @@
+//! Analyses of trained and compiled models: what their hidden states hold.
+
+pub mod probe;
