@@ -18,6 +18,7 @@ pub mod layout;
 pub mod lower;
 pub mod model;
 pub mod pipeline;
+pub mod plot;
 pub mod prompt;
 pub mod ranges;
 pub mod solvers;
