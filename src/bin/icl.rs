@@ -272,11 +272,6 @@ fn cmd_probe(a: ProbeArgs) -> Result<()> {
         seed: a.seed,
     };
     opts.validate()?;
-    if a.plot.is_some() {
-        anyhow::bail!(
-            "--plot: not available yet (the plotting module, src/plot.rs, is not merged)"
-        );
-    }
     configure_cpu(a.threads);
     let device = parse_device(&a.device)?;
     let mut subjects = Vec::new();
@@ -298,6 +293,11 @@ fn cmd_probe(a: ProbeArgs) -> Result<()> {
         models.push(report);
     }
     bar.finish_and_clear();
+    if let Some(dir) = &a.plot {
+        let files = probe::write_plot(&models, dir)?;
+        let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        eprintln!("figure: {}", names.join(", "));
+    }
     if a.json {
         let report = probe::ProbeReport {
             options: opts,

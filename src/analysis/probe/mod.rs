@@ -52,6 +52,7 @@
 pub mod data;
 pub mod fit;
 pub mod ground_truth;
+pub mod plot;
 pub mod report;
 pub mod subject;
 
@@ -61,6 +62,7 @@ pub use ground_truth::{
     check_ground_truth, ground_truth_layers, GroundTruthCheck, GroundTruthLayers,
     GroundTruthOutcome,
 };
+pub use plot::write_plot;
 pub use report::{LayerErrors, ModelReport, ProbeReport, ProbeResult};
 use serde::{Deserialize, Serialize};
 pub use subject::{load_subject, Role, Subject};
@@ -78,6 +80,8 @@ pub enum ProbeError {
     Model(#[from] ModelError),
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Plot(#[from] crate::plot::PlotError),
 }
 
 pub type Result<T> = std::result::Result<T, ProbeError>;
