@@ -128,6 +128,9 @@ fn linear_probe_finds_xty_exactly_where_the_layout_puts_it() {
         );
     }
     assert!(check.passed);
+    let dir = tempfile::tempdir().unwrap();
+    let files = probe::write_plot(std::slice::from_ref(&report), dir.path()).unwrap();
+    assert!(files.iter().all(|f| f.exists()), "{files:?}");
 }
 
 /// `icl probe ARGS…`: exit status and stderr.

@@ -8,7 +8,10 @@
 //! there almost exactly. Up to and including the *input* of the layer of the k-th `mul`, x_k·y_k
 //! is nowhere in the hidden state as a linear quantity (x_k and y_k are, separately), and a linear
 //! read-out of a convex combination of columns cannot form their product: the linear probe must
-//! fail there, by a margin set by how much of x_k·y_k the earlier examples predict.
+//! fail there, by a margin set by how much of x_k·y_k the earlier examples predict. Only the
+//! linear probe is held to this: an MLP read-out can form the product from the pooled x_k and
+//! y_k (measured at d = 2, n = 3: normalised error 0.017 for k = 2 from hidden state 3, the
+//! input of the layer that forms x_2·y_2).
 
 use super::report::ProbeResult;
 use super::{ProbeError, Readout, Result, Target};
