@@ -7,6 +7,7 @@ pub mod experiment;
 pub mod figures;
 pub mod learner;
 pub mod metrics;
+pub mod probe;
 pub mod prompt_set;
 pub mod tables;
 

@@ -1,12 +1,13 @@
 //! `icl`: train transformers on in-context regression and evaluate any model directory.
 //!
 //! Subcommands: `train CONFIG.toml`, `prompts`, `compare LEARNER…`, `eval MODEL_DIR`,
-//! `check MODEL_DIR`.
+//! `experiment noise|sweep CONFIG`, `probe MODEL_DIR…`, `check MODEL_DIR`.
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use icl::analysis::compare::{self, CompareOptions};
 use icl::analysis::learner::{self, LoadOptions};
+use icl::analysis::probe::{self, ProbeOptions, Readout, Role, Target};
 use icl::analysis::prompt_set::PromptSet;
 use icl::analysis::{tables, PromptSource};
 use icl::model::config::DType;
@@ -44,6 +45,10 @@ enum Command {
     /// Re-certify a compiled model directory from its files alone (exit 1 naming the layer and
     /// the operation when a layer does not do what its operation says).
     Check(CheckArgs),
+    /// Probe hidden states for XᵀY, w_OLS and w_ridge after k examples (Akyürek et al. 2023,
+    /// §5): per layer, the held-out error of learned probes; on a compiled ridge.icl, also the
+    /// check against the layers its layout.json names.
+    Probe(ProbeArgs),
 }
 
 #[derive(Args)]
@@ -216,6 +221,74 @@ struct EvalArgs {
     run: RunArgs,
 }
 
+#[derive(Args)]
+struct ProbeArgs {
+    /// Model directories (trained or compiled).
+    #[arg(required = true)]
+    dirs: Vec<PathBuf>,
+    /// A control model (e.g. trained with a fixed w), probed on random-w prompts beside the others.
+    #[arg(long)]
+    control: Option<PathBuf>,
+    /// Read-out after the projection: linear, mlp or both.
+    #[arg(long, default_value = "both")]
+    readout: String,
+    /// Targets, comma-separated: xty (Σ x_i y_i), ols (min-norm least squares), ridge.
+    #[arg(long, default_value = "xty,ols,ridge")]
+    targets: String,
+    /// λ of the ridge target.
+    #[arg(long, default_value_t = ProbeOptions::default().lambda)]
+    lambda: f64,
+    /// Numbers of examples to probe at, comma-separated (default: every k = 1..=n).
+    #[arg(long)]
+    k: Option<String>,
+    /// Adam steps per (readout, target); all layers and k are trained together.
+    #[arg(long, default_value_t = ProbeOptions::default().steps)]
+    steps: usize,
+    /// Adam learning rate of the projection and read-out (the paper's 1e-3).
+    #[arg(long, default_value_t = ProbeOptions::default().lr)]
+    lr: f64,
+    /// Adam learning rate of the position scores (higher than --lr so the pooling can become
+    /// one-hot within the step budget).
+    #[arg(long, default_value_t = ProbeOptions::default().score_lr)]
+    score_lr: f64,
+    /// Batch size.
+    #[arg(long, default_value_t = ProbeOptions::default().batch)]
+    batch: usize,
+    /// Width H′ of the projection (paper: 512).
+    #[arg(long, default_value_t = ProbeOptions::default().proj)]
+    proj: usize,
+    /// Hidden units of the MLP read-out (paper: 512).
+    #[arg(long, default_value_t = ProbeOptions::default().mlp_hidden)]
+    mlp_hidden: usize,
+    /// Training prompts.
+    #[arg(long, default_value_t = ProbeOptions::default().train)]
+    train: usize,
+    /// Held-out prompts.
+    #[arg(long, default_value_t = ProbeOptions::default().test)]
+    test: usize,
+    /// Seed of the prompts, the probes' initialisation and their batches.
+    #[arg(long, default_value_t = ProbeOptions::default().seed)]
+    seed: u64,
+    /// Prompt distribution SPEC (default: the model's task; see `icl::prompt`), e.g.
+    /// d=4,n=16,x=normal*1+0,w=normal*1,noise=0.
+    #[arg(long)]
+    dist: Option<String>,
+    /// cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// CPU threads for Candle's kernels (default 1, or CANDLE_NUM_THREADS when set): probe
+    /// training is thousands of small tensor operations, for which synchronising threads costs
+    /// more than it saves on a loaded machine.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print the report as JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Write a figure (one panel per model: normalised error against layer) into this folder.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -225,6 +298,7 @@ fn main() {
         Command::Eval(a) => cmd_eval(a),
         Command::Experiment(a) => cmd_experiment(a),
         Command::Check(a) => cmd_check(a),
+        Command::Probe(a) => cmd_probe(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -402,6 +476,59 @@ fn cmd_compare(
     Ok(())
 }
 
+fn cmd_probe(a: ProbeArgs) -> Result<()> {
+    let opts = ProbeOptions {
+        readouts: Readout::parse_choice(&a.readout)?,
+        targets: Target::parse_list(&a.targets)?,
+        lambda: a.lambda,
+        ks: a.k.as_deref().map(probe::parse_ks).transpose()?,
+        steps: a.steps,
+        lr: a.lr,
+        score_lr: a.score_lr,
+        batch: a.batch,
+        proj: a.proj,
+        mlp_hidden: a.mlp_hidden,
+        train: a.train,
+        test: a.test,
+        seed: a.seed,
+    };
+    opts.validate()?;
+    configure_cpu(a.threads);
+    let device = parse_device(&a.device)?;
+    let mut subjects = Vec::new();
+    let dirs = a.dirs.iter().map(|d| (d, Role::Model));
+    for (dir, role) in dirs.chain(a.control.iter().map(|d| (d, Role::Control))) {
+        let s = probe::load_subject(dir, role, a.dist.as_deref(), &device)?;
+        opts.ks_for(s.dist.n)
+            .with_context(|| format!("{}", dir.display()))?;
+        subjects.push(s);
+    }
+    let bar = probe_bar(opts.total_steps() * subjects.len() as u64);
+    let mut models = Vec::new();
+    for s in &subjects {
+        let report = probe::probe_model(s, &opts, &bar)
+            .with_context(|| format!("probing {}", s.dir.display()))?;
+        if !a.json {
+            bar.suspend(|| println!("{}", report.table()));
+        }
+        models.push(report);
+    }
+    bar.finish_and_clear();
+    if let Some(dir) = &a.plot {
+        let files = probe::write_plot(&models, dir)?;
+        let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        eprintln!("figure: {}", names.join(", "));
+    }
+    if a.json {
+        let report = probe::ProbeReport {
+            options: opts,
+            models,
+        };
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}
+
 /// Write a text output atomically (`-`: standard output).
 fn write_output(path: &std::path::Path, text: &str) -> Result<()> {
     if path == std::path::Path::new("-") {
@@ -414,4 +541,48 @@ fn write_output(path: &std::path::Path, text: &str) -> Result<()> {
 
 fn show_progress() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("CI").is_none()
+}
+
+/// The probes' progress bar on stderr; hidden when stderr is not a terminal (or under CI).
+fn probe_bar(steps: u64) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() || std::env::var_os("CI").is_some() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(steps);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps {msg} [{elapsed_precise}<{eta_precise}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// Process settings for the probe's many small tensor operations, made before Candle starts its
+/// thread pool: the thread count (`--threads`, else CANDLE_NUM_THREADS, else 1) and, with glibc,
+/// an allocator that keeps freed memory instead of returning it to the system after every step
+/// (each step frees and reallocates tens of MB; with the default trimming, page faults cost more
+/// than the arithmetic: 100 MLP steps on runs/tiny took 24 s instead of 9 s).
+fn configure_cpu(threads: Option<usize>) {
+    match threads {
+        Some(t) => std::env::set_var("CANDLE_NUM_THREADS", t.max(1).to_string()),
+        None if std::env::var_os("CANDLE_NUM_THREADS").is_none() => {
+            std::env::set_var("CANDLE_NUM_THREADS", "1")
+        }
+        None => {}
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
+        }
+        const M_TRIM_THRESHOLD: std::ffi::c_int = -1;
+        const M_MMAP_THRESHOLD: std::ffi::c_int = -3;
+        // SAFETY: mallopt only changes glibc malloc's tuning parameters; called before any other
+        // thread of this process allocates concurrently (Candle's pool is not started yet).
+        unsafe {
+            mallopt(M_TRIM_THRESHOLD, 1 << 30);
+            mallopt(M_MMAP_THRESHOLD, 32 << 20);
+        }
+    }
 }
