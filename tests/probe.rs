@@ -95,8 +95,13 @@ fn register_b_holds_xty_where_the_layout_says() {
 /// The probe tells "computed" from "not yet computed" where the layout says.
 #[test]
 fn linear_probe_finds_xty_exactly_where_the_layout_puts_it() {
-    let subject =
-        probe::load_subject(ridge_dir(), Role::Model, None, &candle_core::Device::Cpu).unwrap();
+    let subject = probe::load_subject(
+        ridge_dir(),
+        Role::Model,
+        probe::PromptChoice::Task,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
     let opts = ProbeOptions {
         readouts: vec![Readout::Linear],
         targets: vec![Target::Xty],
@@ -168,4 +173,43 @@ fn bad_input_is_a_clear_error_with_exit_1() {
             "{args:?}: expected `{want}` in: {stderr}"
         );
     }
+    // A prompt file with too few prompts for --train + --test, and one of another n.
+    let tmp = tempfile::tempdir().unwrap();
+    let few = tmp.path().join("few.safetensors");
+    let set = icl::analysis::prompt_set::PromptSet::sample(
+        &icl::prompt::PromptDistribution::new(2, 3),
+        10,
+        0,
+    )
+    .unwrap();
+    set.save(&few).unwrap();
+    let (code, stderr) = icl_probe(&[
+        dir,
+        "--prompts",
+        few.to_str().unwrap(),
+        "--train",
+        "8",
+        "--test",
+        "4",
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("--prompts") && stderr.contains("need 12"),
+        "{stderr}"
+    );
+    let other = tmp.path().join("other.safetensors");
+    icl::analysis::prompt_set::PromptSet::sample(
+        &icl::prompt::PromptDistribution::new(2, 2),
+        10,
+        0,
+    )
+    .unwrap()
+    .save(&other)
+    .unwrap();
+    let (code, stderr) = icl_probe(&[dir, "--prompts", other.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("--prompts") && stderr.contains("built for n = 3"),
+        "{stderr}"
+    );
 }

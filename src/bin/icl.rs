@@ -269,10 +269,14 @@ struct ProbeArgs {
     /// Seed of the prompts, the probes' initialisation and their batches.
     #[arg(long, default_value_t = ProbeOptions::default().seed)]
     seed: u64,
-    /// Prompt distribution SPEC (default: the model's task; see `icl::prompt`), e.g.
+    /// Prompt distribution SPEC (default: the model's task; see `icl prompts --help`), e.g.
     /// d=4,n=16,x=normal*1+0,w=normal*1,noise=0.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "prompts")]
     dist: Option<String>,
+    /// A prompt set written by `icl prompts`: the first --train prompts train the probes, the
+    /// next --test measure them.
+    #[arg(long)]
+    prompts: Option<PathBuf>,
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -495,10 +499,19 @@ fn cmd_probe(a: ProbeArgs) -> Result<()> {
     opts.validate()?;
     configure_cpu(a.threads);
     let device = parse_device(&a.device)?;
+    let prompt_file = match &a.prompts {
+        Some(p) => Some((p.as_path(), PromptSet::load(p).context("--prompts")?)),
+        None => None,
+    };
     let mut subjects = Vec::new();
     let dirs = a.dirs.iter().map(|d| (d, Role::Model));
     for (dir, role) in dirs.chain(a.control.iter().map(|d| (d, Role::Control))) {
-        let s = probe::load_subject(dir, role, a.dist.as_deref(), &device)?;
+        let choice = match (&prompt_file, &a.dist) {
+            (Some((path, set)), _) => probe::PromptChoice::File(path, set),
+            (None, Some(spec)) => probe::PromptChoice::Spec(spec),
+            (None, None) => probe::PromptChoice::Task,
+        };
+        let s = probe::load_subject(dir, role, choice, &device)?;
         opts.ks_for(s.dist.n)
             .with_context(|| format!("{}", dir.display()))?;
         subjects.push(s);

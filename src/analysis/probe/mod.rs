@@ -71,7 +71,7 @@ pub use ground_truth::{
 pub use plot::write_plot;
 pub use report::{LayerErrors, ModelReport, ProbeReport, ProbeResult};
 use serde::{Deserialize, Serialize};
-pub use subject::{load_subject, Role, Subject};
+pub use subject::{load_subject, PromptChoice, Role, Subject};
 
 /// Everything that can go wrong in a probe run; messages name the argument or file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -313,7 +313,22 @@ pub fn probe_model(
     let start = std::time::Instant::now();
     let dist = &subject.dist;
     let ks = opts.ks_for(dist.n)?;
-    let prompts = dist.sample_batch(opts.train + opts.test, opts.seed);
+    let need = opts.train + opts.test;
+    let prompts = match &subject.prompts {
+        Some(p) if p.len() < need => {
+            return Err(ProbeError::Arg {
+                arg: "--prompts",
+                msg: format!(
+                    "the file holds {} prompts; --train {} + --test {} need {need}",
+                    p.len(),
+                    opts.train,
+                    opts.test
+                ),
+            })
+        }
+        Some(p) => p[..need].to_vec(),
+        None => dist.sample_batch(need, opts.seed),
+    };
     let hidden = Hidden::collect(&subject.model, &prompts, opts.train)?;
     let mut results = Vec::new();
     for &target in &opts.targets {

@@ -36,6 +36,20 @@ pub struct Subject {
     pub dist_source: String,
     /// `layout.json` of a compiled model (absent for trained ones).
     pub layout: Option<Layout>,
+    /// Prompts from `--prompts FILE` (the first `train` train, the next `test` held out);
+    /// `None`: sampled from `dist`.
+    pub prompts: Option<Vec<crate::prompt::Prompt>>,
+}
+
+/// Where a subject's prompts come from.
+#[derive(Clone, Copy)]
+pub enum PromptChoice<'a> {
+    /// The model's own task (a fixed-w task probed on random w).
+    Task,
+    /// `--dist SPEC`.
+    Spec(&'a str),
+    /// `--prompts FILE`, already read.
+    File(&'a Path, &'a crate::analysis::prompt_set::PromptSet),
 }
 
 fn dir_error(dir: &Path, msg: impl Into<String>) -> ProbeError {
@@ -50,7 +64,7 @@ fn dir_error(dir: &Path, msg: impl Into<String>) -> ProbeError {
 pub fn load_subject(
     dir: &Path,
     role: Role,
-    dist_spec: Option<&str>,
+    choice: PromptChoice<'_>,
     device: &Device,
 ) -> Result<Subject> {
     if !dir.is_dir() {
@@ -58,9 +72,23 @@ pub fn load_subject(
     }
     let model = Transformer::load(dir, device, None)?;
     let layout = read_layout(dir)?;
-    let (dist, dist_source) = match dist_spec {
-        Some(spec) => (parse_override(spec, &model.config)?, "--dist".to_string()),
-        None => default_distribution(dir, &model.config)?,
+    let mut prompts = None;
+    let (dist, dist_source) = match choice {
+        PromptChoice::Spec(spec) => {
+            let dist = PromptDistribution::parse_spec(spec).map_err(|e| ProbeError::Arg {
+                arg: "--dist",
+                msg: e.to_string(),
+            })?;
+            (fits(dist, &model.config, "--dist")?, "--dist".to_string())
+        }
+        PromptChoice::File(path, set) => {
+            prompts = Some(set.prompts.clone());
+            (
+                fits(set.dist.clone(), &model.config, "--prompts")?,
+                format!("{} ({})", path.display(), set.dist.spec()),
+            )
+        }
+        PromptChoice::Task => default_distribution(dir, &model.config)?,
     };
     Ok(Subject {
         dir: dir.to_path_buf(),
@@ -69,6 +97,7 @@ pub fn load_subject(
         dist,
         dist_source,
         layout,
+        prompts,
     })
 }
 
@@ -85,9 +114,13 @@ fn read_layout(dir: &Path) -> Result<Option<Layout>> {
 }
 
 /// `--dist SPEC`, checked against the model.
-fn parse_override(spec: &str, config: &ModelConfig) -> Result<PromptDistribution> {
-    let arg = |msg: String| ProbeError::Arg { arg: "--dist", msg };
-    let dist = PromptDistribution::parse_spec(spec).map_err(|e| arg(e.to_string()))?;
+/// `dist` if prompts of it fit the model (`arg` names the flag they came from).
+fn fits(
+    dist: PromptDistribution,
+    config: &ModelConfig,
+    arg: &'static str,
+) -> Result<PromptDistribution> {
+    let arg = |msg: String| ProbeError::Arg { arg, msg };
     if dist.d != config.d {
         return Err(arg(format!(
             "d = {} but the model reads d = {} features",
