@@ -60,7 +60,7 @@ fn the_noise_table_trains_resumes_reuses_and_refuses_foreign_runs() {
         "{:?}",
         t.settings
     );
-    assert_eq!(t.predictors, vec!["ols", "ridge:0.25"]);
+    assert_eq!(t.predictors, vec!["ols", "ridge(0.25)"]);
     assert_eq!((t.mspd_under.len(), t.mspd_under[0].len()), (2, 2));
     assert!(t
         .mspd_all

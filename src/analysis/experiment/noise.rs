@@ -42,7 +42,8 @@ pub struct Setting {
 pub struct NoiseTable {
     pub format: String,
     pub settings: Vec<Setting>,
-    /// Row labels: `ols` and `ridge(λ*)` for every distinct λ* > 0, increasing.
+    /// Row labels: `ols` and `ridge(λ*)` for every distinct λ* > 0, increasing (λ* rounded to 4
+    /// decimals in the label; exact in `lambdas` and in the solvers).
     pub predictors: Vec<String>,
     pub lambdas: Vec<f64>,
     /// MSPD over k < d, [predictor][setting].
@@ -99,12 +100,12 @@ pub fn run(path: &Path, opts: &RunOptions) -> anyhow::Result<NoiseTable> {
         anyhow::bail!("stopped early (--stop-after) before the evaluation");
     }
     let lambdas = distinct_lambdas(&cfg.settings);
-    let predictors: Vec<String> = lambdas.iter().map(|&l| predictor(l)).collect();
+    let predictors: Vec<String> = lambdas.iter().map(|&l| label(l)).collect();
     let mut under = vec![Vec::new(); lambdas.len()];
     let mut all = vec![Vec::new(); lambdas.len()];
     let mut settings = Vec::new();
     for ((r, &[sigma, tau]), status) in runs.iter().zip(&cfg.settings).zip(statuses) {
-        let c = compare_run(r, &predictors, &cfg.eval, opts)?;
+        let c = compare_run(r, &lambdas, &cfg.eval, opts)?;
         for (i, p) in predictors.iter().enumerate() {
             let (pair, _) = c.pair(&c.learners[0].label, p).expect("compared");
             under[i].push(pair.mspd_under);
@@ -171,10 +172,19 @@ fn predictor(lambda: f64) -> String {
     }
 }
 
+/// The predictor's label: `ols`, or `ridge(λ)` with λ to 4 decimals (1/9 → 0.1111).
+fn label(lambda: f64) -> String {
+    if lambda == 0.0 {
+        return "ols".into();
+    }
+    let l = format!("{lambda:.4}");
+    format!("ridge({})", l.trim_end_matches('0').trim_end_matches('.'))
+}
+
 /// Compare one run's model with the predictors on prompts of its own task (SPD only).
 fn compare_run(
     r: &Run,
-    predictors: &[String],
+    lambdas: &[f64],
     eval: &EvalConfig,
     opts: &RunOptions,
 ) -> anyhow::Result<Comparison> {
@@ -185,9 +195,9 @@ fn compare_run(
         dtype: None,
     };
     let mut learners = vec![learner::load(&r.dir.display().to_string(), &dist, &lopts)?];
-    for p in predictors {
-        let mut l = learner::load(p, &dist, &lopts)?;
-        l.label = p.clone();
+    for &lambda in lambdas {
+        let mut l = learner::load(&predictor(lambda), &dist, &lopts)?;
+        l.label = label(lambda);
         learners.push(l);
     }
     let copts = CompareOptions {
@@ -235,9 +245,16 @@ impl NoiseTable {
                 }
                 out += "\n";
             }
+            let hits = self
+                .settings
+                .iter()
+                .zip(am)
+                .filter(|(s, &r)| self.lambdas[r] == s.lambda_star)
+                .count();
             out += &format!(
-                "every column's minimum on the diagonal (at its own Bayes λ*): {}\n",
-                if diag { "yes" } else { "no" }
+                "every column's minimum on the diagonal (at its own Bayes λ*): {} ({hits} of {})\n",
+                if diag { "yes" } else { "no" },
+                self.settings.len()
             );
         }
         for s in &self.settings {
