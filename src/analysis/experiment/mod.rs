@@ -108,6 +108,49 @@ pub fn ensure_trained(run: &Run, opts: &RunOptions) -> anyhow::Result<RunStatus>
     })
 }
 
+/// Train (or reuse, or resume) every run in order; an error if `opts.stop_after` interrupted them.
+pub fn ensure_all(runs: &[Run], opts: &RunOptions) -> anyhow::Result<Vec<RunStatus>> {
+    let statuses = runs
+        .iter()
+        .map(|r| ensure_trained(r, opts))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if opts.stop_after.is_some() {
+        anyhow::bail!("stopped early (--stop-after) before the evaluation");
+    }
+    Ok(statuses)
+}
+
+/// Compare a run's model with solvers (`(SPEC, label)` pairs) on `eval.prompts` prompts of its own
+/// task, by SPD only (no ILWD).
+pub fn compare_run(
+    r: &Run,
+    solvers: &[(String, String)],
+    eval: &EvalConfig,
+    opts: &RunOptions,
+) -> anyhow::Result<crate::analysis::compare::Comparison> {
+    use crate::analysis::{compare, learner, prompt_set::PromptSet};
+    let dist = r.config.distribution();
+    let set = PromptSet::sample(&dist, eval.prompts, eval.seed)?;
+    let lopts = learner::LoadOptions {
+        device: opts.device.clone(),
+        dtype: None,
+    };
+    let mut learners = vec![learner::load(&r.dir.display().to_string(), &dist, &lopts)?];
+    for (spec, label) in solvers {
+        let mut l = learner::load(spec, &dist, &lopts)?;
+        l.label = label.clone();
+        learners.push(l);
+    }
+    let copts = compare::CompareOptions {
+        ilwd_prompts: 0,
+        probes: 0,
+        seed: 0,
+        allow_uncertified: false,
+        progress: false,
+    };
+    compare::compare(&learners, &set, &r.name, &copts)
+}
+
 /// Read and parse an experiment file.
 pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
     let text =

@@ -4,10 +4,9 @@
 //! predictors, columns: settings) should have each column's minimum on the diagonal — at the
 //! setting's own Bayes predictor — as in the paper.
 
-use super::{ensure_trained, read_toml, run_config, short, EvalConfig, Run, RunOptions, RunStatus};
-use crate::analysis::compare::{self, CompareOptions, Comparison};
-use crate::analysis::learner::{self, LoadOptions};
-use crate::analysis::prompt_set::PromptSet;
+use super::{
+    compare_run, ensure_all, read_toml, run_config, short, EvalConfig, Run, RunOptions, RunStatus,
+};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -92,20 +91,16 @@ pub fn runs(path: &Path) -> anyhow::Result<(NoiseConfig, Vec<Run>)> {
 /// Train (or reuse) every run, then build the table.
 pub fn run(path: &Path, opts: &RunOptions) -> anyhow::Result<NoiseTable> {
     let (cfg, runs) = runs(path)?;
-    let mut statuses = Vec::new();
-    for r in &runs {
-        statuses.push(ensure_trained(r, opts)?);
-    }
-    if opts.stop_after.is_some() {
-        anyhow::bail!("stopped early (--stop-after) before the evaluation");
-    }
+    let statuses = ensure_all(&runs, opts)?;
     let lambdas = distinct_lambdas(&cfg.settings);
     let predictors: Vec<String> = lambdas.iter().map(|&l| label(l)).collect();
     let mut under = vec![Vec::new(); lambdas.len()];
     let mut all = vec![Vec::new(); lambdas.len()];
     let mut settings = Vec::new();
     for ((r, &[sigma, tau]), status) in runs.iter().zip(&cfg.settings).zip(statuses) {
-        let c = compare_run(r, &lambdas, &cfg.eval, opts)?;
+        let solvers: Vec<(String, String)> =
+            lambdas.iter().map(|&l| (predictor(l), label(l))).collect();
+        let c = compare_run(r, &solvers, &cfg.eval, opts)?;
         for (i, p) in predictors.iter().enumerate() {
             let (pair, _) = c.pair(&c.learners[0].label, p).expect("compared");
             under[i].push(pair.mspd_under);
@@ -179,35 +174,6 @@ fn label(lambda: f64) -> String {
     }
     let l = format!("{lambda:.4}");
     format!("ridge({})", l.trim_end_matches('0').trim_end_matches('.'))
-}
-
-/// Compare one run's model with the predictors on prompts of its own task (SPD only).
-fn compare_run(
-    r: &Run,
-    lambdas: &[f64],
-    eval: &EvalConfig,
-    opts: &RunOptions,
-) -> anyhow::Result<Comparison> {
-    let dist = r.config.distribution();
-    let set = PromptSet::sample(&dist, eval.prompts, eval.seed)?;
-    let lopts = LoadOptions {
-        device: opts.device.clone(),
-        dtype: None,
-    };
-    let mut learners = vec![learner::load(&r.dir.display().to_string(), &dist, &lopts)?];
-    for &lambda in lambdas {
-        let mut l = learner::load(&predictor(lambda), &dist, &lopts)?;
-        l.label = label(lambda);
-        learners.push(l);
-    }
-    let copts = CompareOptions {
-        ilwd_prompts: 0,
-        probes: 0,
-        seed: 0,
-        allow_uncertified: false,
-        progress: false,
-    };
-    compare::compare(&learners, &set, &r.name, &copts)
 }
 
 impl NoiseTable {

@@ -3,10 +3,9 @@
 //! GD(0.02), ridge(0.1), ridge(0.5) and OLS) by MSPD over k < d, and the closest baseline is the
 //! setting's phase. Finished runs are reused and an interrupted sweep resumes.
 
-use super::{ensure_trained, read_toml, run_config, EvalConfig, Run, RunOptions, RunStatus};
-use crate::analysis::compare::{self, CompareOptions};
-use crate::analysis::learner::{self, LoadOptions};
-use crate::analysis::prompt_set::PromptSet;
+use super::{
+    compare_run, ensure_all, read_toml, run_config, EvalConfig, Run, RunOptions, RunStatus,
+};
 use crate::plot::{LineChart, Scale, Series};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -99,35 +98,15 @@ pub fn runs(path: &Path) -> anyhow::Result<(SweepConfig, Vec<Run>)> {
 /// Train (or reuse) every run, then compare each with the baselines.
 pub fn run(path: &Path, opts: &RunOptions) -> anyhow::Result<Sweep> {
     let (cfg, runs) = runs(path)?;
-    let mut statuses = Vec::new();
-    for r in &runs {
-        statuses.push(ensure_trained(r, opts)?);
-    }
-    if opts.stop_after.is_some() {
-        anyhow::bail!("stopped early (--stop-after) before the evaluation");
-    }
-    let lopts = LoadOptions {
-        device: opts.device.clone(),
-        dtype: None,
-    };
-    let copts = CompareOptions {
-        ilwd_prompts: 0,
-        probes: 0,
-        seed: 0,
-        allow_uncertified: false,
-        progress: false,
-    };
+    let statuses = ensure_all(&runs, opts)?;
+    let solvers: Vec<(String, String)> = cfg
+        .baselines
+        .iter()
+        .map(|b| (b.clone(), b.clone()))
+        .collect();
     let mut points = Vec::new();
     for (r, status) in runs.iter().zip(statuses) {
-        let dist = r.config.distribution();
-        let set = PromptSet::sample(&dist, cfg.eval.prompts, cfg.eval.seed)?;
-        let mut learners = vec![learner::load(&r.dir.display().to_string(), &dist, &lopts)?];
-        for b in &cfg.baselines {
-            let mut l = learner::load(b, &dist, &lopts)?;
-            l.label = b.clone();
-            learners.push(l);
-        }
-        let c = compare::compare(&learners, &set, &r.name, &copts)?;
+        let c = compare_run(r, &solvers, &cfg.eval, opts)?;
         let me = &c.learners[0].label;
         let mspd: Vec<f64> = cfg
             .baselines
