@@ -186,7 +186,7 @@ impl Sweep {
                             .collect(),
                     })
                     .collect(),
-                x_scale: Scale::Log,
+                x_scale: Scale::Linear,
                 y_scale: Scale::Linear,
             })
             .collect()
