@@ -233,9 +233,13 @@ fn load_model(spec: &str, dir: &Path, opts: &LoadOptions) -> Result<Learner, Lea
         source,
     };
     let model = Transformer::load(dir, &opts.device, opts.dtype).map_err(|e| lerr(e.into()))?;
+    // A compiled-kind directory without certificate.json (e.g. hand-built) claims nothing, so
+    // there is nothing to refuse; one with a certificate is held to its ranges.
     let ranges = match model.config.kind {
-        ModelKind::Compiled => Some(read_input_ranges(dir).map_err(lerr)?),
-        ModelKind::Trained => None,
+        ModelKind::Compiled if dir.join("certificate.json").exists() => {
+            Some(read_input_ranges(dir).map_err(lerr)?)
+        }
+        _ => None,
     };
     Ok(Learner {
         label: dir

@@ -97,7 +97,7 @@ mod tests {
     fn divergences_are_means_over_prompts_divided_by_d() {
         let a = vec![vec![1.0, 2.0], vec![0.0, 0.0]];
         let b = vec![vec![0.0, 0.0], vec![1.0, 4.0]];
-        assert_eq!(mean_sq_diff(&a, &b, 2), vec![0.5, 2.0]);
+        assert_eq!(mean_sq_diff(&a, &b, 2), vec![0.5, 5.0]);
         let wa = vec![vec![vec![1.0, 1.0]]];
         let wb = vec![vec![vec![0.0, 3.0]]];
         assert_eq!(mean_weight_dist(&wa, &wb, 2), vec![2.5]);
