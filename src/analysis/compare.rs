@@ -122,27 +122,13 @@ pub fn compare(
     source: &str,
     opts: &CompareOptions,
 ) -> anyhow::Result<Comparison> {
-    let mut infos = Vec::new();
-    for l in learners {
-        l.check_fits(&set.dist)?;
-        let outside = l.check_ranges(&set.prompts, opts.allow_uncertified)?;
-        infos.push(LearnerInfo {
-            label: l.label.clone(),
-            spec: l.spec.clone(),
-            kind: l.kind(),
-            uncertified_prompts: (outside > 0).then_some(outside),
-            uncertified_probe_sets: None,
-        });
-    }
-    for (i, a) in infos.iter().enumerate() {
-        if infos[..i].iter().any(|b| b.label == a.label) {
-            anyhow::bail!(
-                "two learners are both labelled `{}`: give each once",
-                a.label
-            );
-        }
-    }
     let d = set.d();
+    // No ILWD prompts: ILWD and R² are skipped (NaN / None).
+    let ilwd_set = &set.prompts[..opts.ilwd_prompts.min(set.prompts.len())];
+    let m = if opts.probes == 0 { 4 * d } else { opts.probes };
+    let probes = probe_inputs(set, ilwd_set.len(), m, opts.seed);
+    // Every check before any prediction: nothing slow runs on input that will be refused.
+    let infos = check_learners(learners, set, &probes, opts)?;
     let mut preds = Vec::new();
     let mut seconds = Vec::new();
     for l in learners {
@@ -156,24 +142,6 @@ pub fn compare(
     }
     let targets: Vec<Vec<f64>> = set.prompts.iter().map(|p| p.ys.clone()).collect();
     let mse = preds.iter().map(|p| mean_sq_diff(p, &targets, d)).collect();
-    // No ILWD prompts: ILWD and R² are skipped (NaN / None).
-    let ilwd_set = &set.prompts[..opts.ilwd_prompts.min(set.prompts.len())];
-    let m = if opts.probes == 0 { 4 * d } else { opts.probes };
-    let probes = probe_inputs(set, ilwd_set.len(), m, opts.seed);
-    // The ILWD probe inputs are model inputs too: those outside a compiled model's certified x
-    // range are refused or marked like prompts.
-    for (l, info) in learners.iter().zip(&mut infos) {
-        if let Some(r) = l.input_ranges() {
-            let outside = probes
-                .iter()
-                .filter(|pk| !pk.iter().flatten().all(|x| r.covers_x(x)))
-                .count();
-            let outside = l.refuse_unless(outside, probes.len(), opts.allow_uncertified)?;
-            if outside > 0 {
-                info.uncertified_probe_sets = Some(outside);
-            }
-        }
-    }
     let mut weights = Vec::new();
     let mut r2 = Vec::new();
     for l in learners {
@@ -207,6 +175,44 @@ pub fn compare(
     c.pairs = pairs(&c, &preds, &weights);
     c.verdicts = verdicts(&c);
     Ok(c)
+}
+
+/// Each learner fits the prompts, its labels are distinct, and compiled models see only inputs
+/// in their certified ranges — the prompts and the ILWD probe inputs — unless
+/// `allow_uncertified`, in which case the counts outside are recorded.
+fn check_learners(
+    learners: &[Learner],
+    set: &PromptSet,
+    probes: &[Vec<Vec<Vec<f64>>>],
+    opts: &CompareOptions,
+) -> anyhow::Result<Vec<LearnerInfo>> {
+    let mut infos: Vec<LearnerInfo> = Vec::new();
+    for l in learners {
+        l.check_fits(&set.dist)?;
+        if infos.iter().any(|b| b.label == l.label) {
+            anyhow::bail!(
+                "two learners are both labelled `{}`: give each once",
+                l.label
+            );
+        }
+        let outside = l.check_ranges(&set.prompts, opts.allow_uncertified)?;
+        let mut probe_sets = 0;
+        if let Some(r) = l.input_ranges() {
+            let count = probes
+                .iter()
+                .filter(|pk| !pk.iter().flatten().all(|x| r.covers_x(x)))
+                .count();
+            probe_sets = l.refuse_unless(count, probes.len(), opts.allow_uncertified)?;
+        }
+        infos.push(LearnerInfo {
+            label: l.label.clone(),
+            spec: l.spec.clone(),
+            kind: l.kind(),
+            uncertified_prompts: (outside > 0).then_some(outside),
+            uncertified_probe_sets: (probe_sets > 0).then_some(probe_sets),
+        });
+    }
+    Ok(infos)
 }
 
 fn check_finite(label: &str, preds: &[Vec<f64>]) -> anyhow::Result<()> {
