@@ -102,6 +102,9 @@ pub struct ModelReport {
     /// The ground-truth check, for a compiled ridge.icl-like layout.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ground_truth: Option<GroundTruthOutcome>,
+    /// Wall time of the probing (printed in the table, not serialized: JSON output stays
+    /// byte-identical for the same seed).
+    #[serde(skip)]
     pub seconds: f64,
 }
 
