@@ -49,6 +49,7 @@ fn run(
     let lo = LoadOptions {
         device: Device::Cpu,
         dtype: None,
+        executor: Default::default(),
     };
     let learners = specs
         .iter()

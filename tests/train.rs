@@ -337,6 +337,7 @@ fn compare_with_zero(
     let opts = learner::LoadOptions {
         device: Device::Cpu,
         dtype: None,
+        executor: Default::default(),
     };
     let learners = [dir.display().to_string(), "zero".into(), "ols".into()]
         .iter()

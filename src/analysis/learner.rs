@@ -83,6 +83,8 @@ pub enum Source {
         dir: PathBuf,
         model: Box<Transformer>,
         ranges: Option<InputRanges>,
+        /// The sparse executor, when it runs this model (see [`Executor`]).
+        sparse: Option<Box<crate::model::sparse::SparseModel>>,
     },
     Program {
         path: PathBuf,
@@ -102,6 +104,21 @@ pub struct LoadOptions {
     pub device: candle_core::Device,
     /// Runtime dtype of model learners (default: each model file's).
     pub dtype: Option<DType>,
+    /// Which forward pass runs compiled models.
+    pub executor: Executor,
+}
+
+/// The forward pass of compiled models: the sparse executor (`crate::model::sparse`) where it
+/// applies (f64 `exact`-target models on the CPU), else the dense Candle forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Executor {
+    /// Sparse for compiled f64 exact-target models on the CPU, dense otherwise.
+    #[default]
+    Auto,
+    /// Always the dense forward (the reference).
+    Dense,
+    /// The sparse executor; an error for a model it does not run.
+    Sparse,
 }
 
 /// Parse a solver SPEC (`None`: not a solver name). `dist` resolves `bayes`.
@@ -197,7 +214,7 @@ pub fn load(
     };
     let path = Path::new(&path_part);
     if path.is_dir() {
-        return load_model(spec, path, opts);
+        return load_model(spec, path, dist, opts);
     }
     if path.is_file() && path.extension().is_some_and(|e| e == "icl") {
         return load_program(spec, path, overrides, dist);
@@ -227,7 +244,12 @@ pub fn load(
     }
 }
 
-fn load_model(spec: &str, dir: &Path, opts: &LoadOptions) -> Result<Learner, LearnerError> {
+fn load_model(
+    spec: &str,
+    dir: &Path,
+    dist: &PromptDistribution,
+    opts: &LoadOptions,
+) -> Result<Learner, LearnerError> {
     let lerr = |source: anyhow::Error| LearnerError::Load {
         spec: spec.into(),
         source,
@@ -241,6 +263,7 @@ fn load_model(spec: &str, dir: &Path, opts: &LoadOptions) -> Result<Learner, Lea
         }
         _ => None,
     };
+    let sparse = sparse_executor(spec, dir, &model, dist, opts)?;
     Ok(Learner {
         label: dir
             .file_name()
@@ -251,8 +274,43 @@ fn load_model(spec: &str, dir: &Path, opts: &LoadOptions) -> Result<Learner, Lea
             dir: dir.into(),
             model: Box::new(model),
             ranges,
+            sparse,
         },
     })
+}
+
+/// The sparse executor for `model` on prompts of `dist`, as `opts.executor` asks.
+fn sparse_executor(
+    spec: &str,
+    dir: &Path,
+    model: &Transformer,
+    dist: &PromptDistribution,
+    opts: &LoadOptions,
+) -> Result<Option<Box<crate::model::sparse::SparseModel>>, LearnerError> {
+    let c = &model.config;
+    let eligible = c.kind == ModelKind::Compiled
+        && opts.dtype.is_none_or(|d| d == DType::F64)
+        && matches!(opts.device, candle_core::Device::Cpu);
+    let built = match (opts.executor, eligible) {
+        (Executor::Dense, _) | (Executor::Auto, false) => None,
+        (Executor::Auto | Executor::Sparse, true) => {
+            let path = dir.join("model.safetensors");
+            let (named, _) = crate::tensors::load(&path).map_err(|e| LearnerError::Load {
+                spec: spec.into(),
+                source: e.into(),
+            })?;
+            crate::model::sparse::SparseModel::new(c, &named, 2 * dist.n + 1).map(Box::new)
+        }
+        (Executor::Sparse, false) => None,
+    };
+    if opts.executor == Executor::Sparse && built.is_none() {
+        return Err(LearnerError::Spec {
+            spec: spec.into(),
+            msg: "--executor sparse runs only compiled exact-target models in f64 on the CPU"
+                .into(),
+        });
+    }
+    Ok(built)
 }
 
 /// `input_ranges` of a compiled model's `certificate.json`.
@@ -439,6 +497,9 @@ impl Learner {
     pub fn predict(&self, prompts: &[Prompt]) -> anyhow::Result<Vec<Vec<f64>>> {
         Ok(match &self.source {
             Source::Solver(s) => crate::solvers::predict_batch(s, prompts),
+            Source::Model {
+                sparse: Some(s), ..
+            } => prompts.iter().map(|p| s.predict(p)).collect(),
             Source::Model { model, .. } => model.predict_prompts(prompts)?,
             Source::Program { program, .. } => crate::interp::run_batch_f64(program, prompts)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", self.spec))?,

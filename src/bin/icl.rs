@@ -143,6 +143,10 @@ struct RunArgs {
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Forward pass of compiled models: auto (the sparse executor for f64 exact-target models
+    /// on the CPU), dense (the reference) or sparse.
+    #[arg(long, value_enum, default_value_t = learner::Executor::Auto)]
+    executor: learner::Executor,
     /// Prompts used for ILWD and R² (the first ones of the set).
     #[arg(long, default_value_t = 100)]
     ilwd_prompts: usize,
@@ -439,6 +443,7 @@ fn cmd_compare(
     let opts = LoadOptions {
         device: parse_device(&run.device)?,
         dtype: run.dtype,
+        executor: run.executor,
     };
     let learners = specs
         .iter()

@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod schema;
+pub mod sparse;
 
 use crate::prompt::Prompt;
 use crate::tensors::{self, NamedTensors, RawTensor};

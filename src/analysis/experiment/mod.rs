@@ -134,6 +134,7 @@ pub fn compare_run(
     let lopts = learner::LoadOptions {
         device: opts.device.clone(),
         dtype: None,
+        executor: Default::default(),
     };
     let mut learners = vec![learner::load(&r.dir.display().to_string(), &dist, &lopts)?];
     for (spec, label) in solvers {

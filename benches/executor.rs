@@ -1,0 +1,59 @@
+//! Compiled-model forward: the dense Candle forward against the sparse executor
+//! (`icl::model::sparse`), prompts/s on 64 prompts, for ridge.icl and ridge_elim.icl at d = 8,
+//! n = 40 (f64). Run: `cargo bench --bench executor`. The floor is the executor's non-zero count
+//! (printed once): one multiply-add per non-zero per column.
+
+use candle_core::Device;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use icl::model::sparse::SparseModel;
+use icl::model::Transformer;
+use icl::prompt::PromptDistribution;
+use std::path::Path;
+
+fn compile(program: &str, dir: &Path) -> std::path::PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(program);
+    let sets = [("d", "8"), ("n", "40")].map(|(k, v)| (k.to_string(), v.to_string()));
+    let out = dir.join(program.replace(['/', '.'], "_"));
+    let opts = icl::pipeline::Options {
+        prompts: 0,
+        ..Default::default()
+    };
+    icl::pipeline::run(&path, &sets, &out, &opts).expect("compile");
+    out
+}
+
+fn benches(c: &mut Criterion) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for program in ["programs/ridge.icl", "programs/ridge_elim.icl"] {
+        let dir = compile(program, tmp.path());
+        let dense = Transformer::load(&dir, &Device::Cpu, None).expect("load");
+        let (named, _) = icl::tensors::load(&dir.join("model.safetensors")).expect("tensors");
+        let cfg = &dense.config;
+        let sparse = SparseModel::new(cfg, &named, 2 * cfg.n + 1).expect("sparse");
+        let prompts = PromptDistribution::new(cfg.d, cfg.n).sample_batch(64, 1);
+        eprintln!(
+            "{program}: {} layers, width {}, {} non-zeros in the sparse executor",
+            cfg.layers.len(),
+            cfg.width,
+            sparse.nonzeros()
+        );
+        let mut g = c.benchmark_group(format!("forward_64_prompts/{program}"));
+        g.sample_size(10);
+        g.throughput(Throughput::Elements(prompts.len() as u64));
+        g.bench_function("dense", |b| {
+            b.iter(|| dense.predict_prompts(&prompts).expect("dense"))
+        });
+        g.bench_function("sparse", |b| {
+            b.iter(|| {
+                prompts
+                    .iter()
+                    .map(|p| sparse.predict(p))
+                    .collect::<Vec<_>>()
+            })
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(executor_benches, benches);
+criterion_main!(executor_benches);
