@@ -3,6 +3,11 @@
 //! Criterion reports time per step; steps/s = 1 / that.
 
 use candle_core::Device;
+
+/// The allocator the `icl` binary uses (src/bin/icl.rs): training frees and reallocates large
+/// buffers every step, which glibc's malloc hands back to the OS and faults in again.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use criterion::{criterion_group, criterion_main, Criterion};
 use icl::train::{self, StepOutcome};
 

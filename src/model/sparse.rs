@@ -15,11 +15,14 @@ use super::schema::{Linear, Norm, Weights};
 use crate::prompt::Prompt;
 use crate::tensors::{NamedTensors, RawTensor};
 
+/// One output row of a [`SparseLinear`]: its index, its bias and its non-zero (input, weight)s.
+type SparseRow = (usize, f64, Vec<(usize, f64)>);
+
 /// `y = W x + b` keeping only the output rows with a non-zero weight or bias, and in each row
 /// only the non-zero weights. Rows not listed are 0.
 #[derive(Debug, Clone)]
 pub struct SparseLinear {
-    rows: Vec<(usize, f64, Vec<(usize, f64)>)>,
+    rows: Vec<SparseRow>,
     out: usize,
 }
 
