@@ -14,19 +14,11 @@ fn repo(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
 }
 
+mod common;
+
 /// Compile `program` with `sets` (no validation) into `dir/model`.
 fn compile(program: &str, sets: &[(&str, &str)], dir: &Path) -> PathBuf {
-    let sets: Vec<(String, String)> = sets
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let out = dir.join("model");
-    let opts = icl::pipeline::Options {
-        prompts: 0,
-        ..Default::default()
-    };
-    icl::pipeline::run(&repo(program), &sets, &out, &opts).unwrap();
-    out
+    common::compile_program(program, sets, dir).0
 }
 
 fn opts(ilwd_prompts: usize, allow: bool) -> CompareOptions {

@@ -9,6 +9,8 @@ use icl::model::Transformer;
 use icl::prompt::PromptDistribution;
 use std::path::Path;
 
+mod common;
+
 /// The worst difference of the sparse executor to the dense forward; asserts that the
 /// sparse executor is no farther from the interpreter (the program's meaning) than the dense
 /// forward is, up to the same rounding level.
@@ -31,6 +33,11 @@ fn check(program: &str, sets: &[(&str, &str)]) -> f64 {
     let sparse = SparseModel::new(c, &named, 2 * c.n + 1).expect("an exact-target f64 model");
     let prompts = PromptDistribution::new(c.d, c.n).sample_batch(16, 5);
     let want = dense.predict_prompts(&prompts).unwrap();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(program);
+    let sets: Vec<(String, String)> = sets
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let prog = icl::pipeline::load(&path, &sets).unwrap();
     let interp = icl::interp::run_batch_f64(&prog, &prompts).unwrap();
     let rel = |a: &[Vec<f64>], b: &[Vec<f64>]| {

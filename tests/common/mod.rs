@@ -206,9 +206,31 @@ pub fn tokens(d: usize, n: usize, rng: &mut Rng) -> Vec<Vec<f64>> {
     out
 }
 
-/// Compile `programs/ridge.icl` at (d, n) into a fresh temporary folder through the same
-/// pipeline as `icl-compile` (no validation prompts). Returns the folder guard, the model
-/// directory inside it and the outcome.
+/// Compile `program` (a path relative to the repository) with `sets` into `dir/model` through
+/// the same pipeline as `icl-compile`, without validation prompts; returns the model directory
+/// and the outcome.
+pub fn compile_program(
+    program: &str,
+    sets: &[(&str, &str)],
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, icl::pipeline::Outcome) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(program);
+    let sets: Vec<(String, String)> = sets
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let out = dir.join("model");
+    let opts = icl::pipeline::Options {
+        prompts: 0,
+        ..Default::default()
+    };
+    let outcome = icl::pipeline::run(&path, &sets, &out, &opts)
+        .unwrap_or_else(|e| panic!("compiling {program} {sets:?}: {e:#}"));
+    (out, outcome)
+}
+
+/// Compile `programs/ridge.icl` at (d, n) into a fresh temporary folder (see
+/// [`compile_program`]). Returns the folder guard, the model directory inside it and the outcome.
 pub fn compile_ridge(
     d: usize,
     n: usize,
@@ -217,18 +239,8 @@ pub fn compile_ridge(
     std::path::PathBuf,
     icl::pipeline::Outcome,
 ) {
-    let program = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/programs/ridge.icl"));
-    let sets = [
-        ("d".to_string(), d.to_string()),
-        ("n".to_string(), n.to_string()),
-    ];
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("ridge");
-    let opts = icl::pipeline::Options {
-        prompts: 0,
-        ..Default::default()
-    };
-    let outcome = icl::pipeline::run(program, &sets, &out, &opts)
-        .unwrap_or_else(|e| panic!("compiling ridge.icl at d={d}, n={n}: {e:#}"));
+    let (d, n) = (d.to_string(), n.to_string());
+    let (out, outcome) = compile_program("programs/ridge.icl", &[("d", &d), ("n", &n)], dir.path());
     (dir, out, outcome)
 }
