@@ -84,7 +84,7 @@ pub enum Source {
         model: Box<Transformer>,
         ranges: Option<InputRanges>,
         /// The sparse executor, when it runs this model (see [`Executor`]).
-        sparse: Option<Box<crate::model::sparse::SparseModel>>,
+        sparse: Option<Box<crate::model::sparse::AnySparse>>,
     },
     Program {
         path: PathBuf,
@@ -286,10 +286,11 @@ fn sparse_executor(
     model: &Transformer,
     dist: &PromptDistribution,
     opts: &LoadOptions,
-) -> Result<Option<Box<crate::model::sparse::SparseModel>>, LearnerError> {
+) -> Result<Option<Box<crate::model::sparse::AnySparse>>, LearnerError> {
     let c = &model.config;
+    // The executor computes in the file's dtype, like the dense forward without --dtype.
     let eligible = c.kind == ModelKind::Compiled
-        && opts.dtype.is_none_or(|d| d == DType::F64)
+        && opts.dtype.is_none_or(|d| d == c.dtype)
         && matches!(opts.device, candle_core::Device::Cpu);
     let built = match (opts.executor, eligible) {
         (Executor::Dense, _) | (Executor::Auto, false) => None,
@@ -299,14 +300,14 @@ fn sparse_executor(
                 spec: spec.into(),
                 source: e.into(),
             })?;
-            crate::model::sparse::SparseModel::new(c, &named, 2 * dist.n + 1).map(Box::new)
+            crate::model::sparse::AnySparse::new(c, &named, 2 * dist.n + 1).map(Box::new)
         }
         (Executor::Sparse, false) => None,
     };
     if opts.executor == Executor::Sparse && built.is_none() {
         return Err(LearnerError::Spec {
             spec: spec.into(),
-            msg: "--executor sparse runs only compiled exact-target models in f64 on the CPU"
+            msg: "--executor sparse runs only compiled exact-target models on the CPU in their file's dtype"
                 .into(),
         });
     }

@@ -6,37 +6,65 @@
 //! parameters — and their attention has no Q/K: the scores are the fixed 0/−∞ bias table, so each
 //! head's softmax is a fixed weighting of earlier columns. This executor stores every linear map
 //! as its non-zero rows ([`SparseLinear`]), each head's attention as, per query column, the list
-//! of (key column, weight) pairs the softmax gives ([`Pattern`]), and runs column by column in f64.
-//! It applies to f64 models whose attention has no Q/K and no momentum and whose MLPs are
-//! bilinear (the `exact` target); [`SparseModel::new`] returns `None` for any other.
+//! of (key column, weight) pairs the softmax gives ([`Pattern`]), and runs column by column.
+//! It computes in the model file's dtype (f64 or f32, like the dense forward) and applies to
+//! models whose attention has no Q/K and no momentum and whose MLPs are bilinear (the `exact`
+//! target); [`AnySparse::new`] returns `None` for any other.
 
-use super::config::{MlpKind, ModelConfig};
+use super::config::{DType, MlpKind, ModelConfig};
 use super::schema::{Linear, Norm, Weights};
 use crate::prompt::Prompt;
 use crate::tensors::{NamedTensors, RawTensor};
+use num_traits::Float;
+
+/// The scalar the executor computes in: f64, or f32 for f32 model files (their values are
+/// stored widened to f64, so the conversion back is exact).
+pub trait Scalar: Float + std::iter::Sum + Copy + std::fmt::Debug + 'static {
+    fn of(v: f64) -> Self;
+    fn f64(self) -> f64;
+}
+
+impl Scalar for f64 {
+    fn of(v: f64) -> Self {
+        v
+    }
+    fn f64(self) -> f64 {
+        self
+    }
+}
+
+impl Scalar for f32 {
+    fn of(v: f64) -> Self {
+        v as f32
+    }
+    fn f64(self) -> f64 {
+        self as f64
+    }
+}
 
 /// One output row of a [`SparseLinear`]: its index, its bias and its non-zero (input, weight)s.
-type SparseRow = (usize, f64, Vec<(usize, f64)>);
+type SparseRow<T> = (usize, T, Vec<(usize, T)>);
 
 /// `y = W x + b` keeping only the output rows with a non-zero weight or bias, and in each row
 /// only the non-zero weights. Rows not listed are 0.
 #[derive(Debug, Clone)]
-pub struct SparseLinear {
-    rows: Vec<SparseRow>,
+pub struct SparseLinear<T> {
+    rows: Vec<SparseRow<T>>,
     out: usize,
 }
 
-impl SparseLinear {
+impl<T: Scalar> SparseLinear<T> {
     fn new(l: &Linear<&RawTensor>) -> Self {
         let (out, inp) = (l.weight.shape[0], l.weight.shape[1]);
         let rows = (0..out)
             .filter_map(|r| {
-                let w: Vec<(usize, f64)> = (0..inp)
+                let w: Vec<(usize, T)> = (0..inp)
                     .map(|c| (c, l.weight.data[r * inp + c]))
                     .filter(|&(_, v)| v != 0.0)
+                    .map(|(c, v)| (c, T::of(v)))
                     .collect();
                 let b = l.bias.data[r];
-                (!w.is_empty() || b != 0.0).then_some((r, b, w))
+                (!w.is_empty() || b != 0.0).then_some((r, T::of(b), w))
             })
             .collect();
         SparseLinear { rows, out }
@@ -48,19 +76,19 @@ impl SparseLinear {
     }
 
     /// `W x + b` into `y` (length `out`; rows not listed are left untouched — callers zero them).
-    fn apply(&self, x: &[f64], y: &mut [f64]) {
+    fn apply(&self, x: &[T], y: &mut [T]) {
         for (r, b, w) in &self.rows {
             // Same order as a dense dot product over the non-zero terms, then the bias.
-            let s: f64 = w.iter().map(|&(c, v)| v * x[c]).sum();
-            y[*r] = s + b;
+            let s: T = w.iter().map(|&(c, v)| v * x[c]).sum();
+            y[*r] = s + *b;
         }
     }
 
     /// Adds `W x + b` to `h` (the residual update).
-    fn add_to(&self, x: &[f64], h: &mut [f64]) {
+    fn add_to(&self, x: &[T], h: &mut [T]) {
         for (r, b, w) in &self.rows {
-            let s: f64 = w.iter().map(|&(c, v)| v * x[c]).sum();
-            h[*r] += s + b;
+            let s: T = w.iter().map(|&(c, v)| v * x[c]).sum();
+            h[*r] = h[*r] + (s + *b);
         }
     }
 
@@ -73,35 +101,35 @@ impl SparseLinear {
 /// columns s ≤ t with their softmax weights (the null key, whose value is 0, only enters the
 /// normalisation).
 #[derive(Debug, Clone)]
-struct Pattern {
-    per_query: Vec<Vec<(usize, f64)>>,
+struct Pattern<T> {
+    per_query: Vec<Vec<(usize, T)>>,
 }
 
-impl Pattern {
+impl<T: Scalar> Pattern<T> {
     /// From the bias table [heads, max_len, max_len+1] of head `h` for T columns, as the dense
     /// softmax computes it: scores of the causal keys and (with `zero_attn`) the null key, max
     /// subtracted, exponentiated, normalised.
-    fn new(bias: &RawTensor, h: usize, t_len: usize, zero_attn: bool) -> Pattern {
+    fn new(bias: &RawTensor, h: usize, t_len: usize, zero_attn: bool) -> Pattern<T> {
         let (ml, cols) = (bias.shape[1], bias.shape[2]);
-        let at = |t: usize, s: usize| bias.data[(h * ml + t) * cols + s];
+        let at = |t: usize, s: usize| T::of(bias.data[(h * ml + t) * cols + s]);
         let per_query = (0..t_len)
             .map(|t| {
-                let mut scores: Vec<(usize, f64)> = (0..=t).map(|s| (s, at(t, s))).collect();
+                let mut scores: Vec<(usize, T)> = (0..=t).map(|s| (s, at(t, s))).collect();
                 let null = zero_attn.then(|| at(t, ml));
                 let m = scores
                     .iter()
                     .map(|p| p.1)
                     .chain(null)
-                    .fold(f64::NEG_INFINITY, f64::max);
-                if m == f64::NEG_INFINITY {
+                    .fold(T::neg_infinity(), T::max);
+                if m == T::neg_infinity() {
                     return Vec::new();
                 }
-                let z: f64 = scores
+                let z: T = scores
                     .iter()
                     .map(|p| (p.1 - m).exp())
                     .chain(null.map(|n| (n - m).exp()))
                     .sum();
-                scores.retain(|p| p.1 != f64::NEG_INFINITY);
+                scores.retain(|p| p.1 != T::neg_infinity());
                 scores
                     .iter()
                     .map(|&(s, v)| (s, (v - m).exp() / z))
@@ -112,40 +140,68 @@ impl Pattern {
     }
 }
 
-struct SparseAttention {
-    v: SparseLinear,
-    o: SparseLinear,
+struct SparseAttention<T> {
+    v: SparseLinear<T>,
+    o: SparseLinear<T>,
     /// Per head: its pattern and the value dims (inner indices) that can be non-zero.
-    heads: Vec<(Pattern, Vec<usize>)>,
+    heads: Vec<(Pattern<T>, Vec<usize>)>,
 }
 
-struct SparseMlp {
-    gate: SparseLinear,
-    up: SparseLinear,
-    down: SparseLinear,
+struct SparseMlp<T> {
+    gate: SparseLinear<T>,
+    up: SparseLinear<T>,
+    down: SparseLinear<T>,
 }
 
-struct SparseBlock {
-    attn: Option<SparseAttention>,
-    norm: Option<(Vec<f64>, Vec<f64>, f64)>,
-    mlp: Option<SparseMlp>,
+struct SparseBlock<T> {
+    attn: Option<SparseAttention<T>>,
+    norm: Option<(Vec<T>, Vec<T>, T)>,
+    mlp: Option<SparseMlp<T>>,
 }
 
-/// A compiled model prepared for prompts of `t_len` columns.
-pub struct SparseModel {
+/// A compiled model prepared for prompts of `t_len` columns, computing in `T` (the dtype of its
+/// file, as the dense forward does).
+pub struct SparseModel<T> {
     config: ModelConfig,
     t_len: usize,
-    embed: (RawTensor, Vec<f64>),
-    pos: RawTensor,
-    blocks: Vec<SparseBlock>,
-    readout: SparseLinear,
+    embed: (Vec<Vec<T>>, Vec<T>),
+    pos: Vec<Vec<T>>,
+    blocks: Vec<SparseBlock<T>>,
+    readout: SparseLinear<T>,
 }
 
-impl SparseModel {
+/// A sparse model in its file's dtype.
+pub enum AnySparse {
+    F64(SparseModel<f64>),
+    F32(SparseModel<f32>),
+}
+
+impl AnySparse {
+    /// The executor for `config`'s dtype (`None` where it does not apply; module doc).
+    pub fn new(config: &ModelConfig, named: &NamedTensors, t_len: usize) -> Option<AnySparse> {
+        match config.dtype {
+            DType::F64 => SparseModel::new(config, named, t_len).map(AnySparse::F64),
+            DType::F32 => SparseModel::new(config, named, t_len).map(AnySparse::F32),
+        }
+    }
+    pub fn predict(&self, p: &Prompt) -> Vec<f64> {
+        match self {
+            AnySparse::F64(m) => m.predict(p),
+            AnySparse::F32(m) => m.predict(p),
+        }
+    }
+    pub fn nonzeros(&self) -> usize {
+        match self {
+            AnySparse::F64(m) => m.nonzeros(),
+            AnySparse::F32(m) => m.nonzeros(),
+        }
+    }
+}
+
+impl<T: Scalar> SparseModel<T> {
     /// `None` when the model is not one this executor runs (see the module doc).
-    pub fn new(config: &ModelConfig, named: &NamedTensors, t_len: usize) -> Option<SparseModel> {
-        let supported = config.dtype == super::config::DType::F64
-            && config.final_norm.is_none()
+    pub fn new(config: &ModelConfig, named: &NamedTensors, t_len: usize) -> Option<SparseModel<T>> {
+        let supported = config.final_norm.is_none()
             && t_len <= config.max_len
             && config.layers.iter().all(|l| {
                 l.attn_norm.is_none()
@@ -192,7 +248,7 @@ impl SparseModel {
                     .norm
                     .zip(b.norm.as_ref())
                     .map(|(nc, n): (_, &Norm<&RawTensor>)| {
-                        (n.weight.data.clone(), n.bias.data.clone(), nc.eps)
+                        (cast(&n.weight.data), cast(&n.bias.data), T::of(nc.eps))
                     }),
                 mlp: b.mlp.as_ref().and_then(|m| {
                     Some(SparseMlp {
@@ -206,8 +262,8 @@ impl SparseModel {
         Some(SparseModel {
             config: config.clone(),
             t_len,
-            embed: (w.embed.weight.clone(), w.embed.bias.data.clone()),
-            pos: w.pos.clone(),
+            embed: (rows(w.embed.weight), cast(&w.embed.bias.data)),
+            pos: rows(w.pos),
             blocks,
             readout: SparseLinear::new(&w.readout),
         })
@@ -232,70 +288,72 @@ impl SparseModel {
         let width = self.config.width;
         let tokens = p.tokens();
         debug_assert_eq!(tokens.len(), self.t_len);
-        let mut h: Vec<Vec<f64>> = tokens
+        let mut h: Vec<Vec<T>> = tokens
             .iter()
             .enumerate()
             .map(|(t, tok)| self.embed(t, tok))
             .collect();
-        let mut scratch = vec![0.0; width];
+        let mut scratch = vec![T::zero(); width];
         for b in &self.blocks {
             if let Some(a) = &b.attn {
                 self.attention(a, &mut h);
             }
             if let Some(m) = &b.mlp {
                 for col in h.iter_mut() {
-                    let x: &[f64] = match &b.norm {
+                    let x: &[T] = match &b.norm {
                         Some((g, beta, eps)) => {
                             layer_norm(col, g, beta, *eps, &mut scratch);
                             &scratch
                         }
                         None => col,
                     };
-                    let mut gate = vec![0.0; m.gate.out];
-                    let mut up = vec![0.0; m.up.out];
+                    let mut gate = vec![T::zero(); m.gate.out];
+                    let mut up = vec![T::zero(); m.up.out];
                     m.gate.apply(x, &mut gate);
                     m.up.apply(x, &mut up);
-                    let inner: Vec<f64> = gate.iter().zip(&up).map(|(g, u)| g * u).collect();
+                    let inner: Vec<T> = gate.iter().zip(&up).map(|(&g, &u)| g * u).collect();
                     m.down.add_to(&inner, col);
                 }
             }
         }
-        let mut out = [0.0];
+        let mut out = [T::zero()];
         (0..self.t_len)
             .step_by(2)
             .map(|t| {
-                out[0] = 0.0;
+                out[0] = T::zero();
                 self.readout.apply(&h[t], &mut out);
-                out[0]
+                out[0].f64()
             })
             .collect()
     }
 
-    fn embed(&self, t: usize, tok: &[f64]) -> Vec<f64> {
+    /// `E · token + b + pos[t]`, in the dense forward's order.
+    fn embed(&self, t: usize, tok: &[f64]) -> Vec<T> {
         let (w, b) = &self.embed;
-        let (width, inp) = (w.shape[0], w.shape[1]);
-        (0..width)
-            .map(|r| {
-                let s: f64 = (0..inp).map(|c| w.data[r * inp + c] * tok[c]).sum();
-                s + b[r] + self.pos.data[t * width + r]
+        w.iter()
+            .zip(b)
+            .zip(&self.pos[t])
+            .map(|((row, &b), &p)| {
+                let s: T = row.iter().zip(tok).map(|(&w, &x)| w * T::of(x)).sum();
+                s + b + p
             })
             .collect()
     }
 
     /// `h += O · concat_h(Σ_s p[h,t,s] v_s^h) + o.bias` for every column t.
-    fn attention(&self, a: &SparseAttention, h: &mut [Vec<f64>]) {
+    fn attention(&self, a: &SparseAttention<T>, h: &mut [Vec<T>]) {
         let inner = a.v.out;
-        let v: Vec<Vec<f64>> = h
+        let v: Vec<Vec<T>> = h
             .iter()
             .map(|col| {
-                let mut y = vec![0.0; inner];
+                let mut y = vec![T::zero(); inner];
                 a.v.apply(col, &mut y);
                 y
             })
             .collect();
-        let mut o = vec![0.0; inner];
+        let mut o = vec![T::zero(); inner];
         for (t, col) in h.iter_mut().enumerate() {
-            o.iter_mut().for_each(|x| *x = 0.0);
+            o.iter_mut().for_each(|x| *x = T::zero());
             for (pattern, dims) in &a.heads {
                 for &i in dims {
                     o[i] = pattern.per_query[t].iter().map(|&(s, p)| p * v[s][i]).sum();
@@ -307,23 +365,32 @@ impl SparseModel {
 }
 
 /// Uniform causal attention (a model without a bias table: all scores 0).
-fn uniform_causal(t_len: usize, zero_attn: bool) -> Pattern {
+fn uniform_causal<T: Scalar>(t_len: usize, zero_attn: bool) -> Pattern<T> {
     let per_query = (0..t_len)
         .map(|t| {
-            let z = (t + 1 + usize::from(zero_attn)) as f64;
-            (0..=t).map(|s| (s, 1.0 / z)).collect()
+            let z = T::of((t + 1 + usize::from(zero_attn)) as f64);
+            (0..=t).map(|s| (s, T::one() / z)).collect()
         })
         .collect();
     Pattern { per_query }
 }
 
 /// LayerNorm of one column into `out` (biased variance, as the dense forward).
-fn layer_norm(x: &[f64], g: &[f64], b: &[f64], eps: f64, out: &mut [f64]) {
-    let n = x.len() as f64;
-    let mean = x.iter().sum::<f64>() / n;
-    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+fn layer_norm<T: Scalar>(x: &[T], g: &[T], b: &[T], eps: T, out: &mut [T]) {
+    let n = T::of(x.len() as f64);
+    let mean = x.iter().copied().sum::<T>() / n;
+    let var = x.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() / n;
     let den = (var + eps).sqrt();
     for i in 0..x.len() {
         out[i] = (x[i] - mean) / den * g[i] + b[i];
     }
+}
+
+fn cast<T: Scalar>(v: &[f64]) -> Vec<T> {
+    v.iter().map(|&x| T::of(x)).collect()
+}
+
+/// The rows of a 2-D tensor, cast.
+fn rows<T: Scalar>(t: &RawTensor) -> Vec<Vec<T>> {
+    t.data.chunks(t.shape[1]).map(cast).collect()
 }
