@@ -563,9 +563,14 @@ fn linear(x: &Tensor, l: &Linear<Tensor>) -> Result<Tensor> {
     let (lead, inp) = dims.split_at(dims.len() - 1);
     let n: usize = lead.iter().product();
     let y = x.reshape((n, inp[0]))?.matmul(&w.t()?)?;
+    // The bias enters as the product ones[n,1]·bias[1,out] (exactly `bias` in every row), so its
+    // gradient is the matmul onesᵀ·grad instead of Candle's single-threaded sum over the leading
+    // dims of a broadcast add.
+    let ones = Tensor::ones((n, 1), y.dtype(), y.device())?;
+    let y = (y + ones.matmul(&l.bias.unsqueeze(0)?)?)?;
     let mut out_shape = lead.to_vec();
     out_shape.push(w.dims()[0]);
-    Ok(y.reshape(out_shape)?.broadcast_add(&l.bias)?)
+    Ok(y.reshape(out_shape)?)
 }
 
 /// LayerNorm over the last dim: `(h − mean) / sqrt(var + eps) ⊙ weight + bias`, var biased.
@@ -653,4 +658,62 @@ pub fn save_model_dir(dir: &Path, config: &ModelConfig, named: &NamedTensors) ->
     let wpath = dir.join("model.safetensors");
     tensors::save(&wpath, named, config.dtype).map_err(|e| io(wpath.clone(), e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+
+    /// `linear` adds its bias as ones·biasᵀ so that the bias gradient is a matmul; forward and
+    /// gradients equal the plain composition `x·Wᵀ + b` (broadcast add) on random inputs.
+    #[test]
+    fn linear_with_the_bias_as_a_product_matches_the_plain_composition() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 5, 4), &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (6, 4), &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, 6, &dev).unwrap()).unwrap();
+        let l = Linear {
+            weight: w.as_tensor().clone(),
+            bias: b.as_tensor().clone(),
+        };
+        let fused = linear(x.as_tensor(), &l).unwrap();
+        let plain = x
+            .as_tensor()
+            .broadcast_matmul(&w.as_tensor().t().unwrap())
+            .unwrap()
+            .broadcast_add(b.as_tensor())
+            .unwrap();
+        let diff = |a: &Tensor, b: &Tensor| -> f32 {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert!(diff(&fused, &plain) <= 1e-5, "forward");
+        // A loss that weighs every output differently, so every gradient entry is exercised.
+        let weights = Tensor::randn(0f32, 1.0, (3, 5, 6), &dev).unwrap();
+        let gf = (fused * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gp = (plain * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for v in [&x, &w, &b] {
+            let (a, p) = (gf.get(v).unwrap(), gp.get(v).unwrap());
+            assert!(diff(a, p) <= 1e-4, "gradient of a {:?} tensor", v.dims());
+        }
+    }
 }
