@@ -492,7 +492,7 @@ impl Transformer {
         let tokens = tokens.to_dtype(self.dtype)?;
         let w = &self.weights;
         let pos = w.pos.narrow(0, 0, t)?;
-        let mut h = linear(&tokens, &w.embed)?.broadcast_add(&pos)?;
+        let mut h = add_per_batch(&linear(&tokens, &w.embed)?, &pos)?;
         let mut hidden = Vec::new();
         if keep {
             hidden.push(h.clone());
@@ -580,7 +580,26 @@ fn layer_norm(h: &Tensor, n: &Norm<Tensor>, eps: f64) -> Result<Tensor> {
     let var = c.sqr()?.mean_keepdim(D::Minus1)?;
     let denom = var.affine(1.0, eps)?.sqrt()?;
     let x = c.broadcast_div(&denom)?;
-    Ok(x.broadcast_mul(&n.weight)?.broadcast_add(&n.bias)?)
+    // Gain and shift as ones·gᵀ and ones·bᵀ (exactly g and b in every row): their gradients
+    // become matmuls instead of single-threaded sums over the leading dims.
+    let dims = x.dims().to_vec();
+    let width = dims[dims.len() - 1];
+    let rows = x.elem_count() / width;
+    let ones = Tensor::ones((rows, 1), x.dtype(), x.device())?;
+    let x = x.reshape((rows, width))?;
+    let gain = ones.matmul(&n.weight.unsqueeze(0)?)?;
+    let shift = ones.matmul(&n.bias.unsqueeze(0)?)?;
+    let y = ((x * gain)? + shift)?;
+    Ok(y.reshape(dims)?)
+}
+
+/// `h + p` for `h` [B, T, W] and `p` [T, W], with `p` entering as ones[B,1]·vec(p)ᵀ (exactly
+/// `p` for every prompt), so that its gradient is a matmul rather than a sum over the batch.
+fn add_per_batch(h: &Tensor, p: &Tensor) -> Result<Tensor> {
+    let (b, t, w) = h.dims3()?;
+    let ones = Tensor::ones((b, 1), h.dtype(), h.device())?;
+    let p = ones.matmul(&p.reshape((1, t * w))?)?.reshape((b, t, w))?;
+    Ok((h + p)?)
 }
 
 /// `h` through its LayerNorm when the config has one (`eps`) and the weights hold it, else `h`.
@@ -664,6 +683,72 @@ pub fn save_model_dir(dir: &Path, config: &ModelConfig, named: &NamedTensors) ->
 mod tests {
     use super::*;
     use candle_core::Var;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// LayerNorm with gain and shift as products, and the per-batch position add, equal the
+    /// plain broadcast compositions, forward and gradients, on random inputs.
+    #[test]
+    fn layer_norm_and_position_add_match_the_broadcast_compositions() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 5, 6), &dev).unwrap()).unwrap();
+        let g = Var::from_tensor(&Tensor::randn(1f32, 0.3, 6, &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, 6, &dev).unwrap()).unwrap();
+        let p = Var::from_tensor(&Tensor::randn(0f32, 1.0, (5, 6), &dev).unwrap()).unwrap();
+        let n = Norm {
+            weight: g.as_tensor().clone(),
+            bias: b.as_tensor().clone(),
+        };
+        let fused =
+            add_per_batch(&layer_norm(x.as_tensor(), &n, 1e-5).unwrap(), p.as_tensor()).unwrap();
+        let xt = x.as_tensor();
+        let c = xt
+            .broadcast_sub(&xt.mean_keepdim(D::Minus1).unwrap())
+            .unwrap();
+        let var = c.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+        let plain = c
+            .broadcast_div(&var.affine(1.0, 1e-5).unwrap().sqrt().unwrap())
+            .unwrap()
+            .broadcast_mul(g.as_tensor())
+            .unwrap()
+            .broadcast_add(b.as_tensor())
+            .unwrap()
+            .broadcast_add(p.as_tensor())
+            .unwrap();
+        assert!(max_diff(&fused, &plain) <= 1e-5, "forward");
+        let weights = Tensor::randn(0f32, 1.0, (3, 5, 6), &dev).unwrap();
+        let gf = (fused * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gp = (plain * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for v in [&x, &g, &b, &p] {
+            let (a, q) = (gf.get(v).unwrap(), gp.get(v).unwrap());
+            assert!(
+                max_diff(a, q) <= 1e-4,
+                "gradient of a {:?} tensor",
+                v.dims()
+            );
+        }
+    }
 
     /// `linear` adds its bias as ones·biasᵀ so that the bias gradient is a matmul; forward and
     /// gradients equal the plain composition `x·Wᵀ + b` (broadcast add) on random inputs.
