@@ -263,7 +263,7 @@ fn load_model(
         }
         _ => None,
     };
-    let sparse = sparse_executor(spec, dir, &model, dist, opts)?;
+    let sparse = sparse_executor(spec, &model, dist, opts)?;
     Ok(Learner {
         label: dir
             .file_name()
@@ -282,7 +282,6 @@ fn load_model(
 /// The sparse executor for `model` on prompts of `dist`, as `opts.executor` asks.
 fn sparse_executor(
     spec: &str,
-    dir: &Path,
     model: &Transformer,
     dist: &PromptDistribution,
     opts: &LoadOptions,
@@ -295,8 +294,8 @@ fn sparse_executor(
     let built = match (opts.executor, eligible) {
         (Executor::Dense, _) | (Executor::Auto, false) => None,
         (Executor::Auto | Executor::Sparse, true) => {
-            let path = dir.join("model.safetensors");
-            let (named, _) = crate::tensors::load(&path).map_err(|e| LearnerError::Load {
+            // The weights the dense model already loaded (in the file's dtype, widened exactly).
+            let named = model.to_named().map_err(|e| LearnerError::Load {
                 spec: spec.into(),
                 source: e.into(),
             })?;
