@@ -786,7 +786,11 @@ mod tests {
             .unwrap();
         for v in [&x, &w, &b] {
             let (a, p) = (gf.get(v).unwrap(), gp.get(v).unwrap());
-            assert!(max_diff(a, p) <= 1e-4, "gradient of a {:?} tensor", v.dims());
+            assert!(
+                max_diff(a, p) <= 1e-4,
+                "gradient of a {:?} tensor",
+                v.dims()
+            );
         }
     }
 }

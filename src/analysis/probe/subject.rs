@@ -147,13 +147,14 @@ fn fits(
 /// The task of a trained run (fixed w replaced by N(0, I)), or N(0, I) at a compiled model's size.
 fn default_distribution(dir: &Path, config: &ModelConfig) -> Result<(PromptDistribution, String)> {
     let toml = dir.join("train.toml");
-    if !toml.exists() {
-        let source = "x ~ N(0, I), w ~ N(0, I), no noise (no train.toml)".to_string();
-        return Ok((PromptDistribution::new(config.d, config.n), source));
-    }
-    let cfg = crate::train::load_config(&toml, &[]).map_err(|e| dir_error(&toml, e.to_string()))?;
-    let mut dist = cfg.distribution();
-    let mut source = format!("task of {}", toml.display());
+    // The same default as every analysis command (`icl compare` without --prompts/--dist).
+    let mut dist = crate::analysis::learner::default_distribution(dir)
+        .map_err(|e| dir_error(dir, format!("{e:#}")))?;
+    let mut source = if toml.exists() {
+        format!("task of {}", toml.display())
+    } else {
+        "x ~ N(0, I), w ~ N(0, I), no noise (no train.toml)".to_string()
+    };
     if let Some(c) = dist.w_fixed.take() {
         dist.w_std = 1.0;
         source.push_str(&format!(
