@@ -9,25 +9,14 @@ use icl::model::config::DType;
 use icl::model::sparse::AnySparse;
 use icl::model::Transformer;
 use icl::prompt::PromptDistribution;
-use std::path::Path;
+mod common;
 
 /// The worst difference of the sparse executor to the dense forward; asserts that the
 /// sparse executor is no farther from the interpreter (the program's meaning) than the dense
 /// forward is, up to the same rounding level.
 fn check(program: &str, sets: &[(&str, &str)], dtype: DType) -> f64 {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(program);
-    let sets: Vec<(String, String)> = sets
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("m");
-    let opts = icl::pipeline::Options {
-        prompts: 0,
-        dtype,
-        ..Default::default()
-    };
-    icl::pipeline::run(&path, &sets, &out, &opts).unwrap();
+    let (out, outcome) = common::compile_program_as(program, sets, dtype, dir.path());
     let dense = Transformer::load(&out, &Device::Cpu, None).unwrap();
     let (named, _) = icl::tensors::load(&out.join("model.safetensors")).unwrap();
     let c = &dense.config;
@@ -35,13 +24,7 @@ fn check(program: &str, sets: &[(&str, &str)], dtype: DType) -> f64 {
     let sparse = AnySparse::new(c, &named, 2 * c.n + 1).expect("an exact-target model");
     let prompts = PromptDistribution::new(c.d, c.n).sample_batch(16, 5);
     let want = dense.predict_prompts(&prompts).unwrap();
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(program);
-    let sets: Vec<(String, String)> = sets
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let prog = icl::pipeline::load(&path, &sets).unwrap();
-    let interp = icl::interp::run_batch_f64(&prog, &prompts).unwrap();
+    let interp = icl::interp::run_batch_f64(&outcome.program, &prompts).unwrap();
     let rel = |a: &[Vec<f64>], b: &[Vec<f64>]| {
         a.iter()
             .flatten()

@@ -214,6 +214,16 @@ pub fn compile_program(
     sets: &[(&str, &str)],
     dir: &std::path::Path,
 ) -> (std::path::PathBuf, icl::pipeline::Outcome) {
+    compile_program_as(program, sets, icl::model::config::DType::F64, dir)
+}
+
+/// [`compile_program`] with the weights written in `dtype`.
+pub fn compile_program_as(
+    program: &str,
+    sets: &[(&str, &str)],
+    dtype: icl::model::config::DType,
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, icl::pipeline::Outcome) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(program);
     let sets: Vec<(String, String)> = sets
         .iter()
@@ -222,6 +232,7 @@ pub fn compile_program(
     let out = dir.join("model");
     let opts = icl::pipeline::Options {
         prompts: 0,
+        dtype,
         ..Default::default()
     };
     let outcome = icl::pipeline::run(&path, &sets, &out, &opts)
