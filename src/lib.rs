@@ -20,6 +20,7 @@ pub mod lower;
 pub mod model;
 pub mod pipeline;
 pub mod plot;
+pub mod progress;
 pub mod prompt;
 pub mod ranges;
 pub mod solvers;

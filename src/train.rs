@@ -811,15 +811,10 @@ fn start_or_resume(cfg: &TrainConfig, opts: &TrainOptions) -> Result<(Transforme
 
 /// The progress bar of a run of `steps` steps that starts at `start` (hidden when not wanted).
 fn progress_bar(show: bool, steps: usize, start: usize) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let b = indicatif::ProgressBar::new(steps as u64);
-    b.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    let b = crate::progress::bar(
+        show,
+        steps as u64,
+        "{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
     );
     b.set_position(start as u64);
     b

@@ -354,15 +354,10 @@ fn verdicts(c: &Comparison) -> Vec<Verdict> {
 }
 
 fn progress_bar(show: bool, len: usize, msg: &str) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let b = indicatif::ProgressBar::new(len as u64);
-    b.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}]",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    let b = crate::progress::bar(
+        show,
+        len as u64,
+        "{msg} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}]",
     );
     b.set_message(msg.to_string());
     b

@@ -569,17 +569,11 @@ fn show_progress() -> bool {
 
 /// The probes' progress bar on stderr; hidden when stderr is not a terminal (or under CI).
 fn probe_bar(steps: u64) -> indicatif::ProgressBar {
-    if !std::io::stderr().is_terminal() || std::env::var_os("CI").is_some() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(steps);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} steps {msg} [{elapsed_precise}<{eta_precise}]",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar
+    icl::progress::bar(
+        show_progress(),
+        steps,
+        "{bar:30} {pos}/{len} steps {msg} [{elapsed_precise}<{eta_precise}]",
+    )
 }
 
 /// The thread count for the probe's many small tensor operations, set before Candle starts its
