@@ -9,6 +9,7 @@ pub mod learner;
 pub mod metrics;
 pub mod probe;
 pub mod prompt_set;
+pub mod stats;
 pub mod tables;
 
 use prompt_set::PromptSet;
