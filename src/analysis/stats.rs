@@ -121,8 +121,14 @@ mod tests {
     #[test]
     fn kendall_matches_hand_counts() {
         // Identical and reversed rankings.
-        assert_eq!(kendall_tau_b(&[1.0, 2.0, 3.0, 4.0], &[10.0, 20.0, 30.0, 40.0]), 1.0);
-        assert_eq!(kendall_tau_b(&[1.0, 2.0, 3.0, 4.0], &[4.0, 3.0, 2.0, 1.0]), -1.0);
+        assert_eq!(
+            kendall_tau_b(&[1.0, 2.0, 3.0, 4.0], &[10.0, 20.0, 30.0, 40.0]),
+            1.0
+        );
+        assert_eq!(
+            kendall_tau_b(&[1.0, 2.0, 3.0, 4.0], &[4.0, 3.0, 2.0, 1.0]),
+            -1.0
+        );
         // x = [1,2,3,4], y = [1,3,2,4]: 5 concordant, 1 discordant → 4/6.
         let t = kendall_tau_b(&[1.0, 2.0, 3.0, 4.0], &[1.0, 3.0, 2.0, 4.0]);
         assert!((t - 4.0 / 6.0).abs() < 1e-15, "{t}");

@@ -421,20 +421,21 @@ impl Transformer {
         }
     }
 
-    /// Attention sub-layer on `a` [B, T, width] (docs/FORMATS.md "Attention").
-    fn attention(&self, a: &Tensor, cfg: &AttnConfig, w: &Attention<Tensor>) -> Result<Tensor> {
+    /// Attention sub-layer on `a` [B, T, width] (docs/FORMATS.md "Attention"), with what it
+    /// computed on the way: queries, keys, values, scores, weights and the per-head outputs.
+    fn attention(&self, a: &Tensor, cfg: &AttnConfig, w: &Attention<Tensor>) -> Result<AttnTrace> {
         let (b, t, _) = a.dims3()?;
         let (nh, hd) = (cfg.heads, cfg.head_dim);
         let split = |x: Tensor| -> Result<Tensor> {
             Ok(x.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?)
         };
         let v = split(linear(a, &w.v)?)?; // [B, H, T, hd]
-        let mut scores = match (&w.q, &w.k) {
-            (Some(wq), Some(wk)) => {
-                let q = split(linear(a, wq)?)?;
-                let k = split(linear(a, wk)?)?;
-                (q.matmul(&k.t()?.contiguous()?)? / (hd as f64).sqrt())?
-            }
+        let (q, k) = match (&w.q, &w.k) {
+            (Some(wq), Some(wk)) => (Some(split(linear(a, wq)?)?), Some(split(linear(a, wk)?)?)),
+            _ => (None, None),
+        };
+        let mut scores = match (&q, &k) {
+            (Some(q), Some(k)) => (q.matmul(&k.t()?.contiguous()?)? / (hd as f64).sqrt())?,
             _ => Tensor::zeros((b, nh, t, t), self.dtype, &self.device)?,
         };
         // Null key: score = bias[h, t, max_len] (or 0); value 0, so it only adds to the softmax
@@ -448,19 +449,30 @@ impl Transformer {
             null = null.broadcast_add(&bias.narrow(1, 0, t)?.narrow(2, ml, 1)?)?;
         }
         scores = scores.broadcast_add(&self.causal_mask(t)?)?;
-        let all = if cfg.zero_attn {
+        let scores = if cfg.zero_attn {
             Tensor::cat(&[&scores, &null], 3)?
         } else {
             scores
         };
-        let p = softmax_neg_inf(&all)?;
-        let p = p.narrow(3, 0, t)?;
-        let mut o = p.matmul(&v)?; // [B, H, T, hd]
+        let probs = softmax_neg_inf(&scores)?;
+        let mut heads = probs.narrow(3, 0, t)?.matmul(&v)?; // [B, H, T, hd]
         if let Some(m) = self.momentum_matrix(cfg, w, t)? {
-            o = (o + m.unsqueeze(0)?.broadcast_matmul(&v)?)?;
+            heads = (heads + m.unsqueeze(0)?.broadcast_matmul(&v)?)?;
         }
-        let o = o.transpose(1, 2)?.contiguous()?.reshape((b, t, nh * hd))?;
-        linear(&o, &w.o)
+        let merged = heads
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, t, nh * hd))?;
+        let out = linear(&merged, &w.o)?;
+        Ok(AttnTrace {
+            q,
+            k,
+            v,
+            scores,
+            probs,
+            heads,
+            out,
+        })
     }
 
     fn check_tokens(&self, tokens: &Tensor) -> Result<(usize, usize)> {
@@ -488,31 +500,64 @@ impl Transformer {
         tokens: &Tensor,
         keep: bool,
     ) -> Result<(Tensor, Vec<Tensor>)> {
+        let opts = TraceOptions {
+            keep_hidden: keep,
+            ..Default::default()
+        };
+        let trace = self.forward_traced(tokens, &opts)?;
+        Ok((trace.pred, trace.hidden))
+    }
+
+    /// The forward pass with its internals (docs/ANALYSIS.md, "Attention as implicit
+    /// finetuning"): every attention sub-layer's [`AttnTrace`], optionally the hidden states, the
+    /// read-out of every layer's output, and every layer's input detached from the graph (so a
+    /// loss on layer l's read-out trains layer l alone: Deutch et al.'s layer-causal update).
+    pub fn forward_traced(&self, tokens: &Tensor, opts: &TraceOptions) -> Result<Trace> {
         let (_, t) = self.check_tokens(tokens)?;
         let tokens = tokens.to_dtype(self.dtype)?;
         let w = &self.weights;
         let pos = w.pos.narrow(0, 0, t)?;
         let mut h = add_per_batch(&linear(&tokens, &w.embed)?, &pos)?;
-        let mut hidden = Vec::new();
-        if keep {
+        let (mut hidden, mut attn_traces, mut layer_preds) = (Vec::new(), Vec::new(), Vec::new());
+        if opts.keep_hidden {
             hidden.push(h.clone());
         }
         for (layer, block) in self.config.layers.iter().zip(&w.layers) {
+            if opts.detach_layer_inputs {
+                h = h.detach();
+            }
+            let mut attn_trace = None;
             if let (Some(cfg), Some(attn)) = (&layer.attn, &block.attn) {
                 let a = norm_if(&h, layer.attn_norm.map(|n| n.eps), &block.attn_norm)?;
-                h = (&h + self.attention(&a, cfg, attn)?)?;
+                let at = self.attention(&a, cfg, attn)?;
+                h = (&h + &at.out)?;
+                attn_trace = Some(at);
             }
+            attn_traces.push(attn_trace);
             if let (Some(cfg), Some(mlp_w)) = (&layer.mlp, &block.mlp) {
                 let m = norm_if(&h, layer.norm.map(|n| n.eps), &block.norm)?;
                 h = (&h + mlp(&m, cfg, mlp_w)?)?;
             }
-            if keep {
+            if opts.keep_hidden {
                 hidden.push(h.clone());
             }
+            if opts.layer_readouts {
+                layer_preds.push(self.read_out(&h)?);
+            }
         }
-        h = norm_if(&h, self.config.final_norm.map(|n| n.eps), &w.final_norm)?;
-        let pred = linear(&h, &w.readout)?.squeeze(2)?;
-        Ok((pred, hidden))
+        Ok(Trace {
+            pred: self.read_out(&h)?,
+            hidden,
+            attn: attn_traces,
+            layer_preds,
+        })
+    }
+
+    /// Final norm and read-out of hidden states [B, T, width] → predictions [B, T].
+    fn read_out(&self, h: &Tensor) -> Result<Tensor> {
+        let w = &self.weights;
+        let h = norm_if(h, self.config.final_norm.map(|n| n.eps), &w.final_norm)?;
+        Ok(linear(&h, &w.readout)?.squeeze(2)?)
     }
 
     /// Predictions at every column: tokens [batch, T, d+1] → [batch, T].
@@ -553,6 +598,49 @@ impl Transformer {
         }
         Ok(out)
     }
+}
+
+/// What one attention sub-layer computed (docs/FORMATS.md "Attention"), per head.
+#[derive(Debug, Clone)]
+pub struct AttnTrace {
+    /// Queries and keys [B, H, T, head_dim], unscaled (None for fixed-pattern heads: no Q/K).
+    pub q: Option<Tensor>,
+    pub k: Option<Tensor>,
+    /// Values [B, H, T, head_dim].
+    pub v: Tensor,
+    /// Scores before the softmax [B, H, T, T (+1: the null key, when the config has it)]:
+    /// q·k/√head_dim plus the bias pattern, −inf above the diagonal.
+    pub scores: Tensor,
+    /// The softmax of `scores` (same shape).
+    pub probs: Tensor,
+    /// Σ_s p[t, s] v_s (plus the momentum term) per head, before W_O: [B, H, T, head_dim].
+    pub heads: Tensor,
+    /// The sub-layer's output after W_O (what is added to the residual): [B, T, width].
+    pub out: Tensor,
+}
+
+/// What [`Transformer::forward_traced`] keeps.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TraceOptions {
+    /// Keep the hidden states (after the embedding and after each layer).
+    pub keep_hidden: bool,
+    /// Read out (final norm + read-out) every layer's output.
+    pub layer_readouts: bool,
+    /// Detach every layer's input from the graph.
+    pub detach_layer_inputs: bool,
+}
+
+/// The forward pass's result and internals.
+#[derive(Debug, Clone)]
+pub struct Trace {
+    /// Predictions [B, T].
+    pub pred: Tensor,
+    /// L+1 hidden states [B, T, width] with `keep_hidden` (the final norm not applied).
+    pub hidden: Vec<Tensor>,
+    /// Per layer: its attention sub-layer's trace (None for a layer without attention).
+    pub attn: Vec<Option<AttnTrace>>,
+    /// With `layer_readouts`: predictions [B, T] read out from each layer's output.
+    pub layer_preds: Vec<Tensor>,
 }
 
 /// `x·Wᵀ + b` over the last dim of `x` (`W` is [out, in] as stored).
