@@ -76,6 +76,15 @@ pub enum ModelError {
 
 pub type Result<T> = std::result::Result<T, ModelError>;
 
+/// Config dtype of a Candle runtime dtype (f64 stays f64; anything else is run as f32).
+pub fn config_dtype(d: CDType) -> DType {
+    if d == CDType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
+}
+
 /// Candle dtype of a config dtype.
 pub fn candle_dtype(d: DType) -> CDType {
     match d {
