@@ -317,7 +317,7 @@ fn the_whole_comparison_with_controls_is_deterministic() {
             );
         }
         let o = &c.observations;
-        assert_eq!(o.e_icl.len(), r.k_max);
+        assert_eq!(o.e_icl.len(), r.setup.k_max);
         assert_eq!(o.e_ft[0][0].len(), 4);
     }
     // Label controls use the model's rates; the untrained model chooses its own.

@@ -287,9 +287,9 @@ pub struct Case {
     pub observations: Observations,
 }
 
-/// Everything `icl finetune-vs-icl` measured.
+/// What a comparison ran on (part of the run and of its JSON summary).
 #[derive(Debug, Clone, Serialize)]
-pub struct FinetuneRun {
+pub struct Setup {
     pub model: String,
     pub prompts: usize,
     pub prompt_source: String,
@@ -300,6 +300,12 @@ pub struct FinetuneRun {
     pub delta: f64,
     pub lr_grid: Vec<f64>,
     pub lr_prompts: usize,
+}
+
+/// Everything `icl finetune-vs-icl` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct FinetuneRun {
+    pub setup: Setup,
     pub cases: Vec<Case>,
 }
 
@@ -379,7 +385,7 @@ pub fn run(
             observations,
         });
     }
-    Ok(FinetuneRun {
+    let setup = Setup {
         model: model_name.into(),
         prompts: prompts.len(),
         prompt_source: source.into(),
@@ -390,8 +396,8 @@ pub fn run(
         delta: opts.delta,
         lr_grid: opts.lr_grid.clone(),
         lr_prompts: held_out.len(),
-        cases,
-    })
+    };
+    Ok(FinetuneRun { setup, cases })
 }
 
 /// A prompt cut to its first `n` examples and its last x as the query (the model's n may be

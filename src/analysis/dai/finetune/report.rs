@@ -2,7 +2,7 @@
 //! tables printed, the JSON written and the figure drawn.
 
 use super::observe::LayerMetrics;
-use super::{finite_mean, interval, recall, Case, Demos, FinetuneRun, RateChoice, Recall};
+use super::{finite_mean, interval, recall, Case, Demos, FinetuneRun, RateChoice, Recall, Setup};
 use crate::analysis::stats::Interval;
 use crate::plot::{Figure, LineChart, Panel, Scale, Series};
 use serde::Serialize;
@@ -50,16 +50,8 @@ pub struct CaseSummary {
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub format: &'static str,
-    pub model: String,
-    pub prompts: usize,
-    pub prompt_source: String,
-    pub d: usize,
-    pub n: usize,
-    pub prefix: usize,
-    pub k_max: usize,
-    pub delta: f64,
-    pub lr_grid: Vec<f64>,
-    pub lr_prompts: usize,
+    #[serde(flatten)]
+    pub setup: Setup,
     pub cases: Vec<CaseSummary>,
 }
 
@@ -167,21 +159,12 @@ fn case_summary(c: &Case, delta: f64, ci: usize) -> CaseSummary {
 pub fn summarise(r: &FinetuneRun) -> Summary {
     Summary {
         format: "icl-finetune-vs-icl/1",
-        model: r.model.clone(),
-        prompts: r.prompts,
-        prompt_source: r.prompt_source.clone(),
-        d: r.d,
-        n: r.n,
-        prefix: r.prefix,
-        k_max: r.k_max,
-        delta: r.delta,
-        lr_grid: r.lr_grid.clone(),
-        lr_prompts: r.lr_prompts,
+        setup: r.setup.clone(),
         cases: r
             .cases
             .iter()
             .enumerate()
-            .map(|(i, c)| case_summary(c, r.delta, i))
+            .map(|(i, c)| case_summary(c, r.setup.delta, i))
             .collect(),
     }
 }
@@ -213,7 +196,7 @@ fn k_table(s: &Summary, c: &CaseSummary) -> String {
         write!(t, " {:>9}", v.variant).unwrap();
     }
     t += "   Rec2FTP(ft)  base  prec  FT-rate  corr\n";
-    for k in 0..s.k_max {
+    for k in 0..s.setup.k_max {
         write!(
             t,
             "{:>3} {:>9} {:>9}",
@@ -276,7 +259,7 @@ fn layer_table(v: &VariantSummary) -> String {
 pub fn text(s: &Summary) -> String {
     let mut t = format!(
         "ICL vs finetuning (Dai et al.): {} on {} prompts ({}); d = {}, n = {}, neutral prefix of {} demonstration(s) before every run, k = 1…{} demonstrations; improves = error < (1 − {})·ZSL\n",
-        s.model, s.prompts, s.prompt_source, s.d, s.n, s.prefix, s.k_max, s.delta
+        s.setup.model, s.setup.prompts, s.setup.prompt_source, s.setup.d, s.setup.n, s.setup.prefix, s.setup.k_max, s.setup.delta
     );
     for c in &s.cases {
         writeln!(t, "\n== case {} ==", c.name).unwrap();
@@ -288,7 +271,7 @@ pub fn text(s: &Summary) -> String {
         writeln!(
             t,
             "learning rates (least held-out FT MSE over {} prompts): {}",
-            s.lr_prompts,
+            s.setup.lr_prompts,
             rates.join(", ")
         )
         .unwrap();
@@ -322,7 +305,7 @@ fn summary_table(s: &Summary) -> String {
         write!(t, " {c:>27}").unwrap();
     }
     writeln!(t, " {:>9} {:>9}", "MSE icl", "MSE ft").unwrap();
-    let last = s.k_max - 1;
+    let last = s.setup.k_max - 1;
     for c in &s.cases {
         for v in &c.variants {
             write!(t, "{:<11} {:<7}", c.name, v.variant).unwrap();
@@ -353,8 +336,10 @@ pub fn figure(s: &Summary) -> Figure {
         "MSE",
     );
     mse.y_scale = Scale::Log;
-    mse.series
-        .push(k_series("zsl", (0..s.k_max).map(|_| main.mse_zsl.mean)));
+    mse.series.push(k_series(
+        "zsl",
+        (0..s.setup.k_max).map(|_| main.mse_zsl.mean),
+    ));
     mse.series
         .push(k_series("icl", main.mse_icl.iter().map(|i| i.mean)));
     for v in &main.variants {
@@ -376,8 +361,8 @@ pub fn figure(s: &Summary) -> Figure {
         ch.y_scale = Scale::Linear;
         for c in &s.cases {
             let ft = &c.variants[0];
-            let mean_over_layers =
-                (0..s.k_max).map(|k| finite_mean(ft.layers.iter().map(|l| l.per_k[k][metric])));
+            let mean_over_layers = (0..s.setup.k_max)
+                .map(|k| finite_mean(ft.layers.iter().map(|l| l.per_k[k][metric])));
             ch.series.push(k_series(&c.name, mean_over_layers));
         }
         let random = match metric {
@@ -389,7 +374,7 @@ pub fn figure(s: &Summary) -> Figure {
             let ft = &main.variants[0];
             ch.series.push(k_series(
                 "random baseline",
-                (0..s.k_max).map(|k| finite_mean(ft.layers.iter().map(|l| l.per_k[k][r]))),
+                (0..s.setup.k_max).map(|k| finite_mean(ft.layers.iter().map(|l| l.per_k[k][r]))),
             ));
         }
         ch
