@@ -3,6 +3,7 @@
 //! experiments (docs/ANALYSIS.md).
 
 pub mod compare;
+pub mod dai;
 pub mod experiment;
 pub mod figures;
 pub mod learner;
