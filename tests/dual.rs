@@ -226,6 +226,7 @@ fn best_one_step_alpha_matches_a_simulation() {
             grid[best]
         );
         let (sim, want) = (mse(star), implicit::gd_mse(d, k, tau, sigma, star));
+        eprintln!("d={d} k={k} τ={tau} σ={sigma}: grid argmin α = {}, α* = {star}, MSE(α*) simulated {sim}, predicted {want}", grid[best]);
         assert!(
             (sim / want - 1.0).abs() < 0.05,
             "MSE at α*: simulated {sim}, predicted {want}"
