@@ -1,7 +1,8 @@
 //! `icl`: train transformers on in-context regression and evaluate any model directory.
 //!
 //! Subcommands: `train CONFIG.toml`, `prompts`, `compare LEARNER…`, `eval MODEL_DIR`,
-//! `experiment noise|sweep CONFIG`, `probe MODEL_DIR…`, `check MODEL_DIR`.
+//! `experiment noise|sweep CONFIG`, `probe MODEL_DIR…`, `check MODEL_DIR`,
+//! `dual MODEL_DIR`, `implicit LEARNER…`.
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -60,6 +61,68 @@ enum Command {
     /// variants (one-step GD, all-parameter, layer-causal) and the controls (untrained model,
     /// shuffled labels, another task's demonstrations).
     FinetuneVsIcl(FinetuneArgs),
+    /// The dual form of attention (Dai et al. 2023): per layer and head, how far the softmax read
+    /// F is from its linear relaxation ΔW·q and from its first-order expansion.
+    Dual(DualArgs),
+    /// The implicit linear model ŵ = ∂ŷ/∂x_q of any learner against one-step GD at its best α,
+    /// multi-step GD, ridge and OLS (model cos, model diff, preds diff per k).
+    Implicit(ImplicitArgs),
+}
+
+#[derive(Args)]
+struct DualArgs {
+    /// A model directory (compiled or trained).
+    model_dir: PathBuf,
+    /// Heads to measure, LAYER:HEAD comma-separated (default: every head).
+    #[arg(long)]
+    heads: Option<String>,
+    /// Runtime dtype (default: the model file's).
+    #[arg(long)]
+    dtype: Option<DType>,
+    /// cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[command(flatten)]
+    source: PromptSourceArgs,
+    /// Write the report as JSON to this file (`-`: standard output).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write every value in long format (layer,head,k,metric,mean,median,defined).
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Write the figure (PNG and SVG) into this directory.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ImplicitArgs {
+    /// Learners: model directories, .icl programs, solvers (as for `compare`).
+    #[arg(required = true)]
+    learners: Vec<String>,
+    /// Steps of the multi-step GD references, comma-separated.
+    #[arg(long, default_value = "2,4,8")]
+    gd_steps: String,
+    /// λ of the ridge reference (default: the task's Bayes λ = σ²/τ²; none when it is 0).
+    #[arg(long)]
+    lambda: Option<f64>,
+    /// Bootstrap resamples of the confidence intervals.
+    #[arg(long, default_value_t = 1000)]
+    resamples: usize,
+    /// Run compiled models on prompts outside their certified input ranges.
+    #[arg(long)]
+    uncertified: bool,
+    /// cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[command(flatten)]
+    source: PromptSourceArgs,
+    /// Write the report as JSON to this file (`-`: standard output).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write one figure per learner (PNG and SVG) into this directory.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -437,6 +500,8 @@ fn main() {
         Command::Check(a) => cmd_check(a),
         Command::Probe(a) => cmd_probe(a),
         Command::FinetuneVsIcl(a) => cmd_finetune(a),
+        Command::Dual(a) => cmd_dual(a),
+        Command::Implicit(a) => cmd_implicit(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -673,6 +738,98 @@ fn cmd_probe(a: ProbeArgs) -> Result<()> {
             models,
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}
+
+fn cmd_dual(a: DualArgs) -> Result<()> {
+    use icl::analysis::dai::dual;
+    let heads = a.heads.as_deref().map(dual::parse_heads).transpose()?;
+    let spec = a.model_dir.display().to_string();
+    let (set, described) = a.source.source(std::slice::from_ref(&spec))?.resolve()?;
+    let model = icl::model::Transformer::load(&a.model_dir, &parse_device(&a.device)?, a.dtype)
+        .with_context(|| format!("loading {spec}"))?;
+    anyhow::ensure!(
+        model.config.d == set.d() && 2 * set.n() < model.config.max_len,
+        "{spec}: the model reads d = {} and at most {} columns; the prompts have d = {}, n = {}",
+        model.config.d,
+        model.config.max_len,
+        set.d(),
+        set.n()
+    );
+    let info = dual::PromptInfo {
+        source: &described,
+        distribution: set.dist.spec(),
+    };
+    let r = dual::analyze(&model, &spec, &set.prompts, &info, heads.as_deref())?;
+    if let Some(path) = &a.json {
+        write_output(path, &(serde_json::to_string_pretty(&r)? + "\n"))?;
+    }
+    if let Some(path) = &a.csv {
+        write_output(path, &r.csv())?;
+    }
+    if let Some(dir) = &a.plot {
+        for f in r.plot(dir)? {
+            eprintln!("wrote {}", f.display());
+        }
+    }
+    if a.json.as_deref() != Some(std::path::Path::new("-")) {
+        print!("{}", r.table());
+    }
+    Ok(())
+}
+
+fn cmd_implicit(a: ImplicitArgs) -> Result<()> {
+    use icl::analysis::dai::implicit::{self, ImplicitOptions};
+    let gd_steps = a
+        .gd_steps
+        .split(',')
+        .map(|s| match s.trim().parse::<usize>() {
+            Ok(v) if v >= 1 => Ok(v),
+            _ => Err(anyhow::anyhow!(
+                "--gd-steps: `{s}` is not a whole number ≥ 1"
+            )),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(l) = a.lambda {
+        anyhow::ensure!(
+            l.is_finite() && l >= 0.0,
+            "--lambda must be a finite number ≥ 0, found {l}"
+        );
+    }
+    let (set, described) = a.source.source(&a.learners)?.resolve()?;
+    // Models run in f64 on the dense forward: autograd needs the Candle graph.
+    let opts = LoadOptions {
+        device: parse_device(&a.device)?,
+        dtype: Some(DType::F64),
+        executor: learner::Executor::Dense,
+    };
+    let learners = a
+        .learners
+        .iter()
+        .map(|s| learner::load(s, &set.dist, &opts))
+        .collect::<Result<Vec<_>, _>>()?;
+    for l in &learners {
+        l.check_fits(&set.dist)?;
+        l.check_ranges(&set.prompts, a.uncertified)?;
+    }
+    let iopts = ImplicitOptions {
+        gd_steps,
+        lambda: a.lambda,
+        resamples: a.resamples,
+        seed: 0,
+    };
+    let r = implicit::implicit(&learners, &set, &described, &iopts)?;
+    if let Some(path) = &a.json {
+        write_output(path, &(serde_json::to_string_pretty(&r)? + "\n"))?;
+    }
+    if let Some(dir) = &a.plot {
+        for f in r.plot(dir)? {
+            eprintln!("wrote {}", f.display());
+        }
+    }
+    if a.json.as_deref() != Some(std::path::Path::new("-")) {
+        print!("{}", r.table());
     }
     Ok(())
 }

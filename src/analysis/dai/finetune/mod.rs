@@ -462,15 +462,7 @@ pub fn recall(e_zsl: &[f64], e_icl: &[f64], e_ft: &[f64], delta: f64) -> Recall 
 
 /// Mean over the finite values (NaN when there are none).
 pub fn finite_mean(v: impl IntoIterator<Item = f64>) -> f64 {
-    let (s, c) = v
-        .into_iter()
-        .filter(|x| x.is_finite())
-        .fold((0.0, 0usize), |(s, c), x| (s + x, c + 1));
-    if c == 0 {
-        f64::NAN
-    } else {
-        s / c as f64
-    }
+    super::finite_mean(v).0
 }
 
 /// Bootstrap interval of per-prompt values, skipping non-finite ones.
