@@ -144,39 +144,57 @@ const TWO_ARMS: &str = "[[arms]]\nname = \"plain\"\n[[arms]]\nname = \"sum\"\net
 
 fn check_structure(r: &MomentumReport) {
     assert_eq!(r.arms.len(), 2);
-    assert_eq!(
-        (r.arms[0].arm.name.as_str(), r.arms[1].arm.eta),
-        ("plain", Some(1.0))
-    );
-    assert!(r.arms[0].diff_mse.is_none());
     let (plain, sum) = (&r.arms[0], &r.arms[1]);
-    let diff = sum.diff_mse.as_ref().unwrap();
-    for (i, s) in [3u64, 7].iter().enumerate() {
-        assert_eq!((plain.runs[i].seed, sum.runs[i].seed), (*s, *s));
-        let want = sum.runs[i].errors.mse - plain.runs[i].errors.mse;
-        assert_eq!(diff.per_seed[i], want);
-        let e = &sum.runs[i].errors;
+    assert_eq!((plain.arm.name.as_str(), sum.arm.eta), ("plain", Some(1.0)));
+    let keys: Vec<&str> = sum.summaries.iter().map(|s| s.metric.as_str()).collect();
+    assert_eq!(keys, ["mse", "nmse", "nmse_late"]);
+    assert!(plain.summaries.iter().all(|s| s.diff.is_none()));
+    for (m, (_, _, of)) in momentum::METRICS.iter().enumerate() {
+        let diff = sum.summaries[m].diff.as_ref().unwrap();
+        for (i, s) in [3u64, 7].iter().enumerate() {
+            assert_eq!((plain.runs[i].seed, sum.runs[i].seed), (*s, *s));
+            let want = of(&sum.runs[i].errors) - of(&plain.runs[i].errors);
+            assert_eq!(diff.per_seed[i], want, "metric {m}, seed {s}");
+        }
+        let mean = diff.per_seed.iter().sum::<f64>() / 2.0;
+        assert!((diff.ci.mean - mean).abs() <= 1e-15 * mean.abs().max(1e-300));
+        let lo = diff.per_seed.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = diff
+            .per_seed
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max);
+        assert!(
+            lo <= diff.ci.lo && diff.ci.lo <= diff.ci.mean,
+            "{:?}",
+            diff.ci
+        );
+        assert!(
+            diff.ci.mean <= diff.ci.hi && diff.ci.hi <= hi,
+            "{:?}",
+            diff.ci
+        );
+    }
+    for run in &sum.runs {
+        let e = &run.errors;
         assert_eq!(e.mse_per_k.len(), r.n + 1);
         assert!(e.mse.is_finite() && e.mse > 0.0);
-        let k = 2;
-        assert_eq!(e.nmse_per_k[k], e.mse_per_k[k] / r.zero_mse_per_k[k]);
+        assert_eq!(e.nmse_per_k[2], e.mse_per_k[2] / r.zero_mse_per_k[2]);
+        // k ≥ d = 2: k = 2, 3.
+        assert_eq!(e.nmse_late, (e.nmse_per_k[2] + e.nmse_per_k[3]) / 2.0);
     }
-    let mean = diff.per_seed.iter().sum::<f64>() / 2.0;
-    assert!((diff.ci.mean - mean).abs() <= 1e-15 * mean.abs().max(1e-300));
-    assert!(diff.ci.lo <= diff.ci.mean && diff.ci.mean <= diff.ci.hi);
-    let lo = diff.per_seed.iter().copied().fold(f64::INFINITY, f64::min);
-    assert!(diff.ci.lo >= lo, "{:?}", diff.ci);
     let names: Vec<&str> = r.baselines.iter().map(|b| b.name.as_str()).collect();
     assert_eq!(names, ["ols", "ridge(0.1)"]);
     let text = r.table();
     for want in [
-        "MSE/d − plain",
-        "per seed (paired)",
+        "Δ vs plain",
+        "Δ per seed (s3 s7)",
+        "mean over k ≥ d",
         "normalised MSE per k",
-        "s7",
     ] {
         assert!(text.contains(want), "{want}:\n{text}");
     }
+    assert_eq!(r.figure().panels.len(), 3);
 }
 
 #[test]

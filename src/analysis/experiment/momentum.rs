@@ -227,6 +227,8 @@ pub struct Errors {
     pub mse: f64,
     /// Mean over k of `nmse_per_k`.
     pub nmse: f64,
+    /// Mean of `nmse_per_k` over k ≥ d, where the noiseless task is determined (NaN if n < d).
+    pub nmse_late: f64,
     /// MSE / d at x̃_{k+1}, k = 0…n.
     pub mse_per_k: Vec<f64>,
     /// `mse_per_k` divided by the zero predictor's MSE / d at the same k on the same prompts.
@@ -264,10 +266,12 @@ impl EvalSet {
             .zip(&self.zero_per_k)
             .map(|(m, z)| m / z)
             .collect();
-        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let all: Vec<usize> = (0..mse_per_k.len()).collect();
+        let late: Vec<usize> = (self.set.d()..mse_per_k.len()).collect();
         Errors {
-            mse: mean(&mse_per_k),
-            nmse: mean(&nmse_per_k),
+            mse: metrics::mean_over(&mse_per_k, &all),
+            nmse: metrics::mean_over(&nmse_per_k, &all),
+            nmse_late: metrics::mean_over(&nmse_per_k, &late),
             mse_per_k,
             nmse_per_k,
         }
@@ -336,23 +340,45 @@ impl Paired {
     }
 }
 
-/// One arm: its runs and, over the seeds, the mean errors with their intervals and the paired
-/// differences with the reference arm (absent for the reference itself).
+/// The summaries every arm is compared by: (key, title, value of a run's errors).
+pub const METRICS: [(&str, &str, fn(&Errors) -> f64); 3] = [
+    ("mse", "MSE / d over all x̃ positions", |e| e.mse),
+    ("nmse", "normalised MSE, mean over all k", |e| e.nmse),
+    ("nmse_late", "normalised MSE, mean over k ≥ d", |e| {
+        e.nmse_late
+    }),
+];
+
+/// One summary of an arm over the seeds: its mean with a bootstrap interval and, for every arm
+/// but the reference, the paired differences with the reference arm.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// A key of [`METRICS`].
+    pub metric: String,
+    pub mean: Interval,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff: Option<Paired>,
+}
+
+/// One arm: its runs, their summaries (in [`METRICS`] order) and the mean normalised MSE per k.
 #[derive(Debug, Clone, Serialize)]
 pub struct ArmResult {
     #[serde(flatten)]
     pub arm: ArmConfig,
     pub runs: Vec<SeedResult>,
-    pub mse: Interval,
-    pub nmse: Interval,
+    pub summaries: Vec<Summary>,
     /// Mean over the seeds of `nmse_per_k`.
     pub nmse_per_k: Vec<f64>,
-    /// MSE / d minus the reference arm's, paired by seed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub diff_mse: Option<Paired>,
-    /// Mean normalised MSE minus the reference arm's, paired by seed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub diff_nmse: Option<Paired>,
+}
+
+impl ArmResult {
+    /// The values of metric `m` (an index of [`METRICS`]), seed by seed.
+    pub fn values(&self, m: usize) -> Vec<f64> {
+        self.runs
+            .iter()
+            .map(|r| (METRICS[m].2)(&r.errors))
+            .collect()
+    }
 }
 
 /// A solver on the same evaluation set.
@@ -415,20 +441,24 @@ fn evaluate_arm(
             learned_eta,
         });
     }
-    let col = |f: &dyn Fn(&SeedResult) -> f64| runs.iter().map(f).collect::<Vec<f64>>();
     let ks = eval.zero_per_k.len();
     let nmse_per_k = (0..ks)
         .map(|k| runs.iter().map(|r| r.errors.nmse_per_k[k]).sum::<f64>() / runs.len() as f64)
         .collect();
-    Ok(ArmResult {
+    let mut out = ArmResult {
         arm: a.arm.clone(),
-        mse: bootstrap_mean(&col(&|r| r.errors.mse), RESAMPLES, ci_seed),
-        nmse: bootstrap_mean(&col(&|r| r.errors.nmse), RESAMPLES, ci_seed),
-        nmse_per_k,
         runs,
-        diff_mse: None,
-        diff_nmse: None,
-    })
+        summaries: Vec::new(),
+        nmse_per_k,
+    };
+    out.summaries = (0..METRICS.len())
+        .map(|m| Summary {
+            metric: METRICS[m].0.into(),
+            mean: bootstrap_mean(&out.values(m), RESAMPLES, ci_seed),
+            diff: None,
+        })
+        .collect();
+    Ok(out)
 }
 
 /// The seeds of an arm's runs, in order (from the runs' configs).
@@ -441,16 +471,14 @@ fn pair_with_reference(arms: &mut [ArmResult], reference: &str, ci_seed: u64) {
     let Some(rf) = arms.iter().find(|a| a.arm.name == reference).cloned() else {
         return;
     };
-    let of = |a: &ArmResult, f: fn(&Errors) -> f64| -> Vec<f64> {
-        a.runs.iter().map(|r| f(&r.errors)).collect()
-    };
     for (i, a) in arms.iter_mut().enumerate() {
         if a.arm.name == reference {
             continue;
         }
         let seed = ci_seed.wrapping_add(i as u64 + 1);
-        a.diff_mse = Some(Paired::new(&of(a, |e| e.mse), &of(&rf, |e| e.mse), seed));
-        a.diff_nmse = Some(Paired::new(&of(a, |e| e.nmse), &of(&rf, |e| e.nmse), seed));
+        for m in 0..METRICS.len() {
+            a.summaries[m].diff = Some(Paired::new(&a.values(m), &rf.values(m), seed));
+        }
     }
 }
 
@@ -508,78 +536,79 @@ fn eta_label(a: &ArmConfig) -> String {
 }
 
 impl MomentumReport {
-    /// Aligned text: the summary per arm, the per-seed values, the normalised MSE per k.
+    /// Aligned text: one block per summary metric (mean and paired difference per arm, with the
+    /// per-seed differences), the learned η, the normalised MSE per k.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "momentum attention: MSE / d over all x̃ positions of {} prompts (seed {}) of the task (d = {}, n = {}), {} training steps, paired seeds {:?}\n\
+            "momentum attention on {} prompts (seed {}) of the task (d = {}, n = {}), {} training steps, paired seeds {:?}\n\
              [lo, hi]: 95% percentile-bootstrap interval of the mean over the {} seeds ({} resamples; with this few seeds it is coarse)\n\
-             normalised MSE: MSE_k / zero-predictor MSE_k, averaged over k = 0…{}\n\n",
+             normalised MSE: MSE_k / zero-predictor MSE_k on the same prompts; Δ: arm − {} of the same seed\n",
             self.prompts, self.eval_seed, self.d, self.n, self.steps, self.seeds,
-            self.seeds.len(), self.resamples, self.n
+            self.seeds.len(), self.resamples, self.reference
         );
-        let reference = &self.reference;
-        out += &format!(
-            "{:<12} {:>8}  {:<31}  {:<31}  {:<33}  {:<33}\n",
-            "arm",
-            "η",
-            "MSE/d",
-            "normalised MSE",
-            format!("MSE/d − {reference}"),
-            format!("normalised − {reference}")
-        );
-        for a in &self.arms {
-            let diff = |p: &Option<Paired>| p.as_ref().map_or("—".into(), |p| p.ci.display(3));
-            out += &format!(
-                "{:<12} {:>8}  {:<31}  {:<31}  {:<33}  {:<33}\n",
-                a.arm.name,
-                eta_label(&a.arm),
-                a.mse.display(3),
-                a.nmse.display(3),
-                diff(&a.diff_mse),
-                diff(&a.diff_nmse)
-            );
-        }
-        for b in &self.baselines {
-            out += &format!(
-                "{:<12} {:>8}  {:<31}  {:<31}\n",
-                b.name,
-                "",
-                format!("{:.2e}", b.errors.mse),
-                format!("{:.2e}", b.errors.nmse)
-            );
+        for m in 0..METRICS.len() {
+            out += &self.metric_block(m);
         }
         out += &self.per_seed_table();
         out += &self.per_k_table();
         out
     }
 
-    /// MSE / d per arm and seed, the paired differences per seed, and the learned η.
-    fn per_seed_table(&self) -> String {
-        let mut out = String::new();
-        let head = |title: &str| {
-            let mut h = format!("\n{title}\n{:<12}", "arm");
-            for s in &self.seeds {
-                h += &format!(" {:>10}", format!("s{s}"));
-            }
-            h + "\n"
-        };
-        out += &head("MSE / d per seed");
+    /// One metric: per arm the mean [CI], the paired difference [CI] and the per-seed
+    /// differences; then the baselines.
+    fn metric_block(&self, m: usize) -> String {
+        let mut out = format!(
+            "\n{}\n{:<10} {:>8}  {:<28}  {:<30}  Δ per seed ({})\n",
+            METRICS[m].1,
+            "arm",
+            "η",
+            "mean [95% CI]",
+            format!("Δ vs {} [95% CI]", self.reference),
+            self.seeds
+                .iter()
+                .map(|s| format!("s{s}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
         for a in &self.arms {
-            out += &format!("{:<12}", a.arm.name);
-            for r in &a.runs {
-                out += &format!(" {:>10.3e}", r.errors.mse);
+            let sm = &a.summaries[m];
+            let (diff, per_seed) = match &sm.diff {
+                Some(p) => (
+                    p.ci.display(3),
+                    (p.per_seed.iter().map(|v| format!("{v:+.2e}")))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                ),
+                None => ("—".into(), String::new()),
+            };
+            out += &format!(
+                "{:<10} {:>8}  {:<28}  {:<30}  {per_seed}\n",
+                a.arm.name,
+                eta_label(&a.arm),
+                sm.mean.display(3),
+                diff
+            );
+        }
+        for b in &self.baselines {
+            let v = (METRICS[m].2)(&b.errors);
+            out += &format!("{:<10} {:>8}  {v:.3e}\n", b.name, "");
+        }
+        out
+    }
+
+    /// The value of every run (first metric), and the learned η.
+    fn per_seed_table(&self) -> String {
+        let mut out = format!("\n{} per seed\n{:<10}", METRICS[0].1, "arm");
+        for s in &self.seeds {
+            out += &format!(" {:>10}", format!("s{s}"));
+        }
+        out += "\n";
+        for a in &self.arms {
+            out += &format!("{:<10}", a.arm.name);
+            for v in a.values(0) {
+                out += &format!(" {v:>10.3e}");
             }
             out += "\n";
-        }
-        out += &head(&format!("MSE / d − {} per seed (paired)", self.reference));
-        for a in &self.arms {
-            if let Some(p) = &a.diff_mse {
-                out += &format!("{:<12}", a.arm.name);
-                for v in &p.per_seed {
-                    out += &format!(" {:>+10.2e}", v);
-                }
-                out += "\n";
-            }
         }
         for a in self.arms.iter().filter(|a| a.arm.learned) {
             out += &format!("\nlearned η_h of arm {} (per layer: heads)\n", a.arm.name);
@@ -590,13 +619,13 @@ impl MomentumReport {
                         format!("[{}]", hs.join(" "))
                     })
                     .collect();
-                out += &format!("s{:<11} {}\n", r.seed, etas.join(" "));
+                out += &format!("s{:<9} {}\n", r.seed, etas.join(" "));
             }
         }
         out
     }
 
-    /// Normalised MSE per k: every arm's mean over the seeds, and the baselines.
+    /// Normalised MSE per k: every arm's mean over the seeds, and the baselines; the run statuses.
     fn per_k_table(&self) -> String {
         let mut out = format!(
             "\nnormalised MSE per k (MSE_k / zero_k; arms: mean over seeds)\n{:>3}",
@@ -623,11 +652,9 @@ impl MomentumReport {
         out
     }
 
-    /// Panel 1: normalised MSE per k per arm (mean over seeds) and the baselines, log y.
-    /// Panel 2: each arm's paired difference of MSE / d with the reference, mean and 95%
-    /// interval over the seeds (a vertical bar at the arm's index), and the zero line.
-    pub fn figure(&self) -> Figure {
-        let mut per_k = LineChart::new(
+    /// Normalised MSE per k per arm (mean over seeds) and the baselines, log y.
+    fn per_k_chart(&self) -> LineChart {
+        let mut c = LineChart::new(
             format!(
                 "normalised MSE per k (d = {}, n = {}; mean over {} seeds)",
                 self.d,
@@ -637,16 +664,14 @@ impl MomentumReport {
             "k (in-context examples)",
             "MSE_k / zero-predictor MSE_k",
         );
-        per_k.x_scale = Scale::Linear;
-        per_k.y_scale = Scale::Log;
+        c.x_scale = Scale::Linear;
+        c.y_scale = Scale::Log;
         let ks = |v: &[f64]| -> Vec<(f64, f64)> {
             v.iter().enumerate().map(|(k, &y)| (k as f64, y)).collect()
         };
         for a in &self.arms {
-            per_k.series.push(Series::new(
-                format!("{} (η {})", a.arm.name, eta_label(&a.arm)),
-                ks(&a.nmse_per_k),
-            ));
+            let label = format!("{} (η {})", a.arm.name, eta_label(&a.arm));
+            c.series.push(Series::new(label, ks(&a.nmse_per_k)));
         }
         for b in &self.baselines {
             // OLS is exact (to rounding) at k ≥ d on a noiseless task: those points would only
@@ -659,37 +684,53 @@ impl MomentumReport {
             } else {
                 b.name.clone()
             };
-            per_k.series.push(Series::new(label, points));
+            c.series.push(Series::new(label, points));
         }
-        let mut diff = LineChart::new(
+        c
+    }
+
+    /// Metric `m`'s paired differences with the reference: per arm a vertical bar from the
+    /// interval's lower end through the mean to its upper end, at the arm's index; the zero line.
+    fn diff_chart(&self, m: usize) -> LineChart {
+        let mut c = LineChart::new(
             format!(
-                "MSE/d − {} per arm: mean and 95% bootstrap CI over seeds",
-                self.reference
+                "{}: arm − {} (mean, 95% CI over seeds)",
+                METRICS[m].1, self.reference
             ),
             "arm (index, see legend)",
-            format!("paired Δ MSE / d vs {}", self.reference),
+            format!("paired Δ vs {}", self.reference),
         );
-        diff.x_scale = Scale::Linear;
-        diff.y_scale = Scale::Linear;
-        let paired: Vec<(usize, &ArmResult)> = (self.arms.iter().enumerate())
-            .filter(|(_, a)| a.diff_mse.is_some())
+        c.x_scale = Scale::Linear;
+        c.y_scale = Scale::Linear;
+        let paired: Vec<(&str, Interval)> = (self.arms.iter())
+            .filter_map(|a| Some((a.arm.name.as_str(), a.summaries[m].diff.as_ref()?.ci)))
             .collect();
-        diff.series.push(Series::new(
+        let right = paired.len() as f64 + 0.5;
+        c.series.push(Series::new(
             "0 (no difference)",
-            vec![(0.5, 0.0), (paired.len() as f64 + 0.5, 0.0)],
+            vec![(0.5, 0.0), (right, 0.0)],
         ));
-        for (x, (_, a)) in paired.iter().enumerate() {
-            let ci = a.diff_mse.as_ref().expect("filtered").ci;
+        for (x, (name, ci)) in paired.iter().enumerate() {
             let x = x as f64 + 1.0;
-            diff.series.push(Series::new(
-                format!("{} @ {x}", a.arm.name),
+            c.series.push(Series::new(
+                format!("{name} @ {x}"),
                 vec![(x, ci.lo), (x, ci.mean), (x, ci.hi)],
             ));
         }
+        c
+    }
+
+    /// The figure: normalised MSE per k; the paired differences of MSE / d over all positions
+    /// and of the normalised MSE over k ≥ d.
+    pub fn figure(&self) -> Figure {
         Figure {
-            panels: vec![Panel::Line(per_k), Panel::Line(diff)],
-            columns: 2,
-            panel_size: (720, 480),
+            panels: vec![
+                Panel::Line(self.per_k_chart()),
+                Panel::Line(self.diff_chart(0)),
+                Panel::Line(self.diff_chart(2)),
+            ],
+            columns: 3,
+            panel_size: (640, 460),
         }
     }
 }
