@@ -340,8 +340,11 @@ impl Paired {
     }
 }
 
-/// The summaries every arm is compared by: (key, title, value of a run's errors).
-pub const METRICS: [(&str, &str, fn(&Errors) -> f64); 3] = [
+/// A summary metric: its key (in the JSON), its title (in the table) and its value on a run.
+pub type Metric = (&'static str, &'static str, fn(&Errors) -> f64);
+
+/// The summaries every arm is compared by.
+pub const METRICS: [Metric; 3] = [
     ("mse", "MSE / d over all x̃ positions", |e| e.mse),
     ("nmse", "normalised MSE, mean over all k", |e| e.nmse),
     ("nmse_late", "normalised MSE, mean over k ≥ d", |e| {
