@@ -205,7 +205,7 @@ enum ExperimentKind {
 #[derive(Args)]
 struct ExperimentArgs {
     kind: ExperimentKind,
-    /// The experiment file (TOML; see configs/noise.toml and configs/sweep.toml).
+    /// The experiment file (TOML; see configs/noise.toml, configs/sweep.toml, configs/momentum.toml).
     config: PathBuf,
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
