@@ -61,6 +61,8 @@ pub enum TrainConfigError {
     ZeroLayerNormEps,
     #[error("field `{field}`: must be in [0, 1), found {value}")]
     NotInUnitInterval { field: &'static str, value: f64 },
+    #[error("field `{field}`: must be in [0, 1], found {value}")]
+    NotInClosedUnitInterval { field: &'static str, value: f64 },
     #[error("fields `model.momentum_eta` and `model.momentum_learned`: choose one")]
     MomentumFixedAndLearned,
     #[error("field `{field}`: must be a positive number, found {value}")]
@@ -124,7 +126,8 @@ pub struct ArchConfig {
     pub activation: Activation,
     #[serde(default = "default_ln_eps")]
     pub ln_eps: f64,
-    /// Momentum attention with a fixed decay η in [0, 1) (docs/FORMATS.md, "Momentum attention"; Dai et al. 2023).
+    /// Momentum attention with a fixed decay η in [0, 1] (docs/FORMATS.md, "Momentum attention";
+    /// Dai et al. 2023); η = 1 is the running sum of earlier values (docs/ANALYSIS.md).
     #[serde(default)]
     pub momentum_eta: Option<f64>,
     /// Momentum attention with a learned per-head decay η_h = sigmoid(logit_h).
@@ -253,8 +256,8 @@ impl TrainConfig {
             return Err(E::ZeroLayerNormEps);
         }
         if let Some(eta) = m.momentum_eta {
-            if !(eta.is_finite() && (0.0..1.0).contains(&eta)) {
-                return Err(E::NotInUnitInterval {
+            if !(eta.is_finite() && (0.0..=1.0).contains(&eta)) {
+                return Err(E::NotInClosedUnitInterval {
                     field: "model.momentum_eta",
                     value: eta,
                 });

@@ -1,8 +1,8 @@
 //! `icl`: train transformers on in-context regression and evaluate any model directory.
 //!
 //! Subcommands: `train CONFIG.toml`, `prompts`, `compare LEARNER…`, `eval MODEL_DIR`,
-//! `experiment noise|sweep CONFIG`, `probe MODEL_DIR…`, `check MODEL_DIR`,
-//! `dual MODEL_DIR`, `implicit LEARNER…`.
+//! `experiment noise|sweep|momentum CONFIG`, `probe MODEL_DIR…`, `check MODEL_DIR`,
+//! `dual MODEL_DIR`, `implicit LEARNER…`, `finetune-vs-icl MODEL_DIR`.
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -47,7 +47,8 @@ enum Command {
     /// Shortcut: `compare MODEL_DIR ols ridge:λ zero`.
     Eval(EvalArgs),
     /// The paper's experiments: `noise CONFIG` (the σ/τ table, Fig. 2), `sweep CONFIG` (depth and
-    /// width, Fig. 3). Finished runs are reused; an interrupted experiment resumes.
+    /// width, Fig. 3), `momentum CONFIG` (momentum attention, Dai et al. 2023). Finished runs are
+    /// reused; an interrupted experiment resumes.
     Experiment(ExperimentArgs),
     /// Re-certify a compiled model directory from its files alone (exit 1 naming the layer and
     /// the operation when a layer does not do what its operation says).
@@ -265,12 +266,14 @@ struct CompareArgs {
 enum ExperimentKind {
     Noise,
     Sweep,
+    /// Momentum attention (Dai et al. 2023, §3): arms × paired seeds (configs/momentum.toml).
+    Momentum,
 }
 
 #[derive(Args)]
 struct ExperimentArgs {
     kind: ExperimentKind,
-    /// The experiment file (TOML; see configs/noise.toml and configs/sweep.toml).
+    /// The experiment file (TOML; see configs/noise.toml, configs/sweep.toml, configs/momentum.toml).
     config: PathBuf,
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
@@ -284,6 +287,9 @@ struct ExperimentArgs {
     /// Stop every run after this many steps in total, as if interrupted.
     #[arg(long, hide = true)]
     stop_after: Option<usize>,
+    /// Runs trained at the same time (momentum; with RAYON_NUM_THREADS=1, one per core).
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
 }
 
 #[derive(Args)]
@@ -599,6 +605,15 @@ fn cmd_experiment(a: ExperimentArgs) -> Result<()> {
                 panel_size: (560, 400),
             };
             (serde_json::to_string_pretty(&s)?, s.table(), ("sweep", fig))
+        }
+        ExperimentKind::Momentum => {
+            let m = icl::analysis::experiment::momentum::run(&a.config, &opts, a.jobs)?;
+            let fig = m.figure();
+            (
+                serde_json::to_string_pretty(&m)?,
+                m.table(),
+                ("momentum", fig),
+            )
         }
     };
     if let Some(path) = &a.json {

@@ -60,7 +60,8 @@ pub struct NormConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(untagged, deny_unknown_fields)]
 pub enum MomentumConfig {
-    /// Fixed decay η in (0, 1).
+    /// Fixed decay η in [0, 1]; η = 1 is the unnormalised running sum of earlier values (the
+    /// sum-path control of docs/ANALYSIS.md, "Momentum attention").
     Fixed { eta: f64 },
     /// η_h = sigmoid(attn.momentum_logit[h]), learned per head.
     Learned { learned: bool },
@@ -165,7 +166,7 @@ pub enum ConfigError {
     NormEps { norm: NormSite, eps: f64 },
     #[error("layers[{layer}].attn: heads and head_dim must be at least 1")]
     NoHeads { layer: usize },
-    #[error("layers[{layer}].attn.momentum.eta: must be in [0, 1), found {eta}")]
+    #[error("layers[{layer}].attn.momentum.eta: must be in [0, 1], found {eta}")]
     Eta { layer: usize, eta: f64 },
     #[error(
         "layers[{layer}].attn.momentum: {{\"learned\": false}} is ambiguous; use null for no momentum"

@@ -161,7 +161,7 @@ pub fn validate_config(c: &ModelConfig) -> std::result::Result<(), ConfigError> 
             }
             match a.momentum {
                 Some(MomentumConfig::Fixed { eta })
-                    if !(eta.is_finite() && (0.0..1.0).contains(&eta)) =>
+                    if !(eta.is_finite() && (0.0..=1.0).contains(&eta)) =>
                 {
                     return Err(ConfigError::Eta { layer, eta });
                 }
