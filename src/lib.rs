@@ -18,7 +18,6 @@ pub mod ir;
 pub mod layout;
 pub mod lower;
 pub mod model;
-pub mod optim;
 pub mod pipeline;
 pub mod plot;
 pub mod progress;

@@ -448,7 +448,57 @@ pub fn learning_rate(o: &OptimConfig, step: usize) -> f64 {
     }
 }
 
-pub use crate::optim::AdamW;
+/// AdamW with decoupled weight decay; moments are kept per parameter name.
+pub struct AdamW {
+    pub m: std::collections::BTreeMap<String, Tensor>,
+    pub v: std::collections::BTreeMap<String, Tensor>,
+    /// Number of updates applied so far.
+    pub t: usize,
+}
+
+impl AdamW {
+    pub fn new(model: &Transformer) -> Result<Self> {
+        let mut m = std::collections::BTreeMap::new();
+        let mut v = std::collections::BTreeMap::new();
+        for (name, p) in model.params() {
+            m.insert(name.clone(), p.zeros_like()?);
+            v.insert(name.clone(), p.zeros_like()?);
+        }
+        Ok(AdamW { m, v, t: 0 })
+    }
+
+    /// One update with learning rate `lr`; gradients already clipped.
+    pub fn step(
+        &mut self,
+        model: &Transformer,
+        grads: &candle_core::backprop::GradStore,
+        lr: f64,
+        o: &OptimConfig,
+    ) -> Result<()> {
+        self.t += 1;
+        let bc1 = 1.0 - o.beta1.powi(self.t as i32);
+        let bc2 = 1.0 - o.beta2.powi(self.t as i32);
+        let vars = model
+            .varmap()
+            .ok_or_else(|| TrainError::Resume("internal: model is not trainable".into()))?;
+        let vars = vars.data().lock().expect("varmap lock");
+        for (name, var) in vars.iter() {
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let m = self.m.get_mut(name).expect("moment for every parameter");
+            *m = ((&*m * o.beta1)? + (g * (1.0 - o.beta1))?)?;
+            let v = self.v.get_mut(name).expect("moment for every parameter");
+            *v = ((&*v * o.beta2)? + (g.sqr()? * (1.0 - o.beta2))?)?;
+            let mhat = (&*m / bc1)?;
+            let vhat = (&*v / bc2)?;
+            let update = (mhat / (vhat.sqrt()? + o.adam_eps)?)?;
+            let decayed = (var.as_tensor() * (1.0 - lr * o.weight_decay))?;
+            var.set(&(decayed - (update * lr)?)?)?;
+        }
+        Ok(())
+    }
+}
 
 /// Where a run writes: `DIR/config.json` + `DIR/model.safetensors` (the latest weights, a model
 /// directory `icl eval` loads), `DIR/metrics.jsonl`, `DIR/train.toml` (the resolved config),
@@ -681,37 +731,34 @@ pub fn train_step(
     if !lval.is_finite() {
         return Ok(StepOutcome::NonFinite(lval));
     }
-    let grads = loss.backward()?;
-    let scale = clip_scale(model, &grads, o.clip)?;
-    opt.step(model, &grads, learning_rate(o, step), scale, o)?;
+    let mut grads = loss.backward()?;
+    // Global-norm clipping: scale every gradient by min(1, clip / ‖g‖).
+    if o.clip > 0.0 {
+        let mut sq = 0.0;
+        for p in model.params().values() {
+            if let Some(g) = grads.get(p) {
+                sq += g
+                    .sqr()?
+                    .sum_all()?
+                    .to_dtype(CDType::F64)?
+                    .to_scalar::<f64>()?;
+            }
+        }
+        let norm = sq.sqrt();
+        if norm > o.clip {
+            let scale = o.clip / norm;
+            for p in model.params().values() {
+                if let Some(g) = grads.remove(p) {
+                    grads.insert(p, (g * scale)?);
+                }
+            }
+        }
+    }
+    opt.step(model, &grads, learning_rate(o, step), o)?;
     Ok(StepOutcome::Done {
         loss: lval,
         prompts,
     })
-}
-
-/// Global-norm clipping: the factor min(1, clip / ‖g‖) every gradient is scaled by (1 when
-/// `clip` is 0).
-pub fn clip_scale(
-    model: &Transformer,
-    grads: &candle_core::backprop::GradStore,
-    clip: f64,
-) -> Result<f64> {
-    if clip <= 0.0 {
-        return Ok(1.0);
-    }
-    let mut sq = 0.0;
-    for p in model.params().values() {
-        if let Some(g) = grads.get(p) {
-            sq += g
-                .sqr()?
-                .sum_all()?
-                .to_dtype(CDType::F64)?
-                .to_scalar::<f64>()?;
-        }
-    }
-    let norm = sq.sqrt();
-    Ok(if norm > clip { clip / norm } else { 1.0 })
 }
 
 /// A fresh trainable model and optimizer for a config (weights from `train.seed`).
