@@ -35,6 +35,7 @@ pub mod io;
 pub mod layer;
 pub mod mlp;
 pub mod report;
+pub mod sound;
 pub mod state;
 pub mod structure;
 pub mod weights;
