@@ -761,6 +761,32 @@ pub fn train_step(
     })
 }
 
+/// Floating-point operations of one training step's matrix products, forward and backward (3×
+/// the forward's 2·MACs): per token, the linear layers' weights (Q, K, V, O, MLP up and down)
+/// and the attention scores and reads (4·T·width per layer), times batch·T tokens.
+/// configs/tiny.toml: 0.12 GFLOP; the paper-shaped bench model (4 layers of width 128, batch
+/// 64, T = 81): 26 GFLOP.
+pub fn step_flops(cfg: &TrainConfig) -> f64 {
+    let m = &cfg.model;
+    let (w, t) = (m.width as f64, (2 * cfg.task.n + 1) as f64);
+    let hidden = m.mlp_hidden.unwrap_or(4 * m.width) as f64;
+    let per_token_layer = 4.0 * w * w + 2.0 * w * hidden + 4.0 * t * w;
+    6.0 * cfg.train.batch as f64 * t * m.layers as f64 * per_token_layer
+}
+
+/// Steps smaller than this run faster on one CPU thread than on two: Candle's per-operation
+/// thread hand-off costs more than it saves (`cargo bench --bench train` on 2 cores: tiny.toml
+/// 7.9 ms/step on one thread against 9.5 ms on two; the paper-shaped model 604 ms against 529).
+pub const ONE_THREAD_BELOW_FLOPS: f64 = 1e9;
+
+/// The CPU threads a run should use when the user has not chosen (`RAYON_NUM_THREADS`): one for
+/// small steps, else None (all cores). Results do not depend on it: Candle's CPU kernels split
+/// work by output rows, never a sum (a 300-step tiny run and a 40-step paper-shaped run gave
+/// byte-identical weights on one and on two threads).
+pub fn cpu_threads(cfg: &TrainConfig) -> Option<usize> {
+    (step_flops(cfg) < ONE_THREAD_BELOW_FLOPS).then_some(1)
+}
+
 /// A fresh trainable model and optimizer for a config (weights from `train.seed`).
 pub fn fresh(cfg: &TrainConfig, device: &Device) -> Result<(Transformer, AdamW)> {
     let mc = cfg.model_config();

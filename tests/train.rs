@@ -352,3 +352,21 @@ fn compare_with_zero(
     };
     compare::compare(&learners, &set, "test", &copts).unwrap()
 }
+
+/// Small steps go to one CPU thread, large ones to all cores (src/train.rs, cpu_threads).
+#[test]
+fn thread_choice_follows_the_work_per_step() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let tiny = train::load_config(Path::new(&format!("{root}/configs/tiny.toml")), &[]).unwrap();
+    assert_eq!(train::cpu_threads(&tiny), Some(1));
+    let sets: Vec<String> = ["model.layers=4", "model.width=128", "model.mlp_hidden=512"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let small =
+        train::load_config(Path::new(&format!("{root}/configs/paper.toml")), &sets).unwrap();
+    // The profile counted 27 GFLOP of matmuls in this step.
+    let flops = train::step_flops(&small);
+    assert!((flops / 27e9 - 1.0).abs() < 0.1, "{flops}");
+    assert_eq!(train::cpu_threads(&small), None);
+}

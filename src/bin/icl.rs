@@ -544,6 +544,13 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         )
     });
     let cfg = train::load_config(&a.config, &a.sets)?;
+    // Candle reads its thread count from RAYON_NUM_THREADS at every kernel; nothing has run a
+    // kernel yet, so a small model can still be put on one thread (src/train.rs, cpu_threads).
+    if device.is_cpu() && std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        if let Some(n) = train::cpu_threads(&cfg) {
+            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        }
+    }
     let progress = show_progress();
     let opts = TrainOptions {
         out: out.clone(),
