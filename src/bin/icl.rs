@@ -441,28 +441,20 @@ struct FinetuneSourceArgs {
     seed: u64,
 }
 
+/// Run Candle's CPU kernels on `n` threads unless the user set `RAYON_NUM_THREADS`. Candle reads
+/// the variable at every kernel and has no other setting; callers run before any kernel.
+fn threads_unless_chosen(n: usize) {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+}
+
 fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
     use icl::analysis::dai::finetune::{self, report, FinetuneOptions};
     // Thousands of one-prompt forward and backward passes of a few tokens each: Candle's thread
     // pool costs far more than it gains on them (measured 49 s on 2 threads against 3.3 s on one
-    // for 20 prompts of the tiny model), so run on one thread unless the user chose otherwise.
-    // Nothing has started a thread yet, and Candle reads the variable at every matmul.
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        std::env::set_var("RAYON_NUM_THREADS", "1");
-    }
-    let source = match (&a.source.prompts, &a.source.dist) {
-        (Some(p), _) => PromptSource::File(p.clone()),
-        (None, Some(spec)) => PromptSource::Dist {
-            spec: spec.clone(),
-            count: a.source.count,
-            seed: a.source.seed,
-        },
-        (None, None) => PromptSource::ModelTask {
-            dir: a.model_dir.clone(),
-            count: a.source.count,
-            seed: a.source.seed,
-        },
-    };
+    // for 20 prompts of the tiny model).
+    threads_unless_chosen(1);
     let opts = FinetuneOptions {
         prefix: a.prefix,
         prefix_seed: a.prefix_seed,
@@ -478,6 +470,14 @@ fn cmd_finetune(a: FinetuneArgs) -> Result<()> {
     let name = a.model_dir.display().to_string();
     finetune::check_model(&model, &name)?;
     finetune::check_options(&opts, model.config.n)?;
+    // After the model loaded: a missing directory is reported as such, not as missing prompts.
+    let source = PromptSourceArgs {
+        prompts: a.source.prompts.clone(),
+        dist: a.source.dist.clone(),
+        count: a.source.count,
+        seed: a.source.seed,
+    }
+    .source(std::slice::from_ref(&name))?;
     let (set, described) = source.resolve()?;
     let run = finetune::run(&model, &name, &set, &described, &opts)?;
     let summary = report::summarise(&run);
@@ -544,12 +544,9 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         )
     });
     let cfg = train::load_config(&a.config, &a.sets)?;
-    // Candle reads its thread count from RAYON_NUM_THREADS at every kernel; nothing has run a
-    // kernel yet, so a small model can still be put on one thread (src/train.rs, cpu_threads).
-    if device.is_cpu() && std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        if let Some(n) = train::cpu_threads(&cfg) {
-            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-        }
+    // A small model runs faster on one thread (src/train.rs, cpu_threads).
+    if let (true, Some(n)) = (device.is_cpu(), train::cpu_threads(&cfg)) {
+        threads_unless_chosen(n);
     }
     let progress = show_progress();
     let opts = TrainOptions {

@@ -64,6 +64,15 @@ fn next_down(v: f64) -> f64 {
 }
 
 impl Enclosure {
+    /// The interval between two numbers, in either order.
+    pub fn between(a: Q, b: Q) -> Self {
+        if a <= b {
+            Enclosure { lo: a, hi: b }
+        } else {
+            Enclosure { lo: b, hi: a }
+        }
+    }
+
     /// [v, v].
     pub fn point(v: Q) -> Self {
         Enclosure {
@@ -198,12 +207,7 @@ fn atan_recip(n: i64, bits: u32) -> Enclosure {
             &sum - &term
         };
         if term <= eps {
-            let (a, b) = if sum <= next {
-                (sum, next)
-            } else {
-                (next, sum)
-            };
-            return Enclosure { lo: a, hi: b };
+            return Enclosure::between(sum, next);
         }
         sum = next;
         power *= &n2;
@@ -260,12 +264,7 @@ fn erf_series(x: &Q, bits: u32) -> Enclosure {
         };
         let ratio = &x2 * q(2 * k + 1) / q((k + 1) * (2 * k + 3));
         if ratio <= Q::one() && term <= eps {
-            let (a, b) = if sum <= next {
-                (sum, next)
-            } else {
-                (next, sum)
-            };
-            return Enclosure { lo: a, hi: b };
+            return Enclosure::between(sum, next);
         }
         sum = next;
         power *= &x2;
