@@ -141,4 +141,57 @@ pub struct Layout {
     pub layers: Vec<LayerOps>,
     pub output: OutputPlacement,
     pub encoding: String,
+    /// The `paper` target's fixed rows and constants (absent for the `exact` target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paper: Option<PaperLayout>,
+}
+
+/// Rows written once by `pos.weight` and never again (the `paper` target's position codes):
+/// c1 = t/D, c2 = t²/D², parity = t mod 2, and a constant 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodeRows {
+    pub c1: Row,
+    pub c2: Row,
+    pub parity: Row,
+    pub one: Row,
+}
+
+/// The GeLU-product input scales of one `mul` (its operands are read as ε_a·a and ε_b·b).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProductScales {
+    pub layer: Layer,
+    pub op: OpId,
+    pub scales: [f64; 2],
+}
+
+/// The layer whose attention clears the payload rows a division left (the layer after it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayloadClear {
+    pub layer: Layer,
+    /// The division whose payload is cleared.
+    pub op: OpId,
+}
+
+/// The `paper` target's fixed rows and constants (docs/FORMATS.md, "The paper target"). Every
+/// number here is also derivable from the weights; the certifier checks that they agree.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaperLayout {
+    pub codes: CodeRows,
+    /// D, a power of two ≥ max_len.
+    pub code_scale: usize,
+    /// Attention score scale N: a target key scores +N/2, every other real key ≤ −N/2, the null
+    /// key 0.
+    pub attention_scale: f64,
+    /// The LayerNorm bypass rows, holding +N_ln and −N_ln.
+    pub bypass: [Row; 2],
+    pub bypass_scale: f64,
+    /// G = N_ln·√(2/L) = N_ln/k for the width L = 2k²: an MLP unit's weights are G times the
+    /// linear form it reads.
+    pub bypass_gain: f64,
+    pub products: Vec<ProductScales>,
+    pub payload_clears: Vec<PayloadClear>,
 }

@@ -28,10 +28,12 @@ mod division;
 mod placement;
 
 use division::division_constants;
+pub(super) use division::row_bounds;
 pub use division::DivReport;
 #[cfg(test)]
 use division::{division_gain, non_payload_bound, payload_scale};
-use placement::{build_layout, placed_ops};
+use placement::placed_ops;
+pub(super) use placement::{build_layout, placed};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LowerOptions {
@@ -74,13 +76,13 @@ pub struct Compiled {
 
 /// A linear form over hidden rows: `(row, coefficient)`, merged by row.
 #[derive(Default, Clone)]
-struct Form(BTreeMap<Row, f64>);
+pub(super) struct Form(pub(super) BTreeMap<Row, f64>);
 
 impl Form {
-    fn add(&mut self, row: Row, c: f64) {
+    pub(super) fn add(&mut self, row: Row, c: f64) {
         *self.0.entry(row).or_insert(0.0) += c;
     }
-    fn one(row: Row, c: f64) -> Form {
+    pub(super) fn one(row: Row, c: f64) -> Form {
         let mut f = Form::default();
         f.add(row, c);
         f
@@ -102,7 +104,7 @@ struct Component {
     out: Row,
 }
 
-fn elem_name(name: &str, shape: Shape, e: usize) -> String {
+pub(super) fn elem_name(name: &str, shape: Shape, e: usize) -> String {
     if shape.is_scalar() {
         name.to_string()
     } else if shape.cols == 1 {
@@ -167,7 +169,7 @@ pub fn compile(p: &Program, opts: &LowerOptions) -> Result<Compiled, LowerError>
 
 /// Division operands must not share dst's rows: `div_prep` clears dst before `div_apply` reads
 /// num (and the payload is computed from den in the same attention that clears dst).
-fn check_division_operands(p: &Program) -> Result<(), LowerError> {
+pub(super) fn check_division_operands(p: &Program) -> Result<(), LowerError> {
     for op in &p.ops {
         if let OpKind::Div { dst, num, den } = op.kind {
             if dst == num || dst == den {
@@ -187,7 +189,7 @@ fn check_division_operands(p: &Program) -> Result<(), LowerError> {
 }
 
 /// The ops of every block, in program order.
-fn ops_by_block(sched: &Schedule) -> Vec<Vec<OpId>> {
+pub(super) fn ops_by_block(sched: &Schedule) -> Vec<Vec<OpId>> {
     let mut by_block: Vec<Vec<OpId>> = vec![Vec::new(); sched.blocks];
     for (k, &b) in sched.block_of.iter().enumerate() {
         by_block[b].push(OpId(k));
@@ -200,7 +202,7 @@ fn ops_by_block(sched: &Schedule) -> Vec<Vec<OpId>> {
 /// enter a division bound), `embed.bias` = 0, and `pos.weight[t]` holds the other built-ins the
 /// program reads (`one` = 1, `is_x`, `is_y`, `count`) at their rows. Everything else starts at 0.
 /// The read-out is `e_{out_row}` with bias 0: the prediction is the output register's row.
-fn embedding(p: &Program, alloc: &Allocation, out_row: Row, w: &mut Weights<RawTensor>) {
+pub(super) fn embedding(p: &Program, alloc: &Allocation, out_row: Row, w: &mut Weights<RawTensor>) {
     if p.input(Builtin::Y).is_some() {
         w.embed.weight.set2(0, 0, 1.0);
     }
@@ -627,7 +629,7 @@ fn mlp_weights(units: &[Unit], w: &mut Mlp<RawTensor>) -> Result<(), LowerError>
 }
 
 /// Size and sparsity of the compiled model.
-fn stats(p: &Program, config: &ModelConfig, tensors: &NamedTensors) -> Stats {
+pub(super) fn stats(p: &Program, config: &ModelConfig, tensors: &NamedTensors) -> Stats {
     let layers = &config.layers;
     Stats {
         layers: layers.len(),
@@ -655,7 +657,7 @@ fn stats(p: &Program, config: &ModelConfig, tensors: &NamedTensors) -> Stats {
 
 /// The row the read-out reads: the output register's (an input's row, or the row of its last
 /// live range), which must be a scalar.
-fn output_row(p: &Program, alloc: &Allocation) -> Result<Row, LowerError> {
+pub(super) fn output_row(p: &Program, alloc: &Allocation) -> Result<Row, LowerError> {
     let reg = p.reg(p.output);
     if !reg.shape.is_scalar() {
         return Err(LowerError::Unsupported {

@@ -7,6 +7,7 @@
 
 pub mod alloc;
 pub mod exact;
+pub mod paper;
 pub mod schedule;
 
 pub use exact::{compile, Compiled, DivReport, LowerOptions, Stats};

@@ -35,7 +35,11 @@ pub struct DivReport {
 }
 
 /// Largest |value| each hidden row can hold (payload rows: 0, they are excluded from R).
-pub(super) fn row_bounds(p: &Program, ranges: &Ranges, alloc: &Allocation) -> Vec<(f64, String)> {
+pub(in crate::lower) fn row_bounds(
+    p: &Program,
+    ranges: &Ranges,
+    alloc: &Allocation,
+) -> Vec<(f64, String)> {
     let mut b: Vec<(f64, String)> = vec![(0.0, String::new()); alloc.width];
     let mut put = |row: Row, v: f64, who: String| {
         let row = row.index();

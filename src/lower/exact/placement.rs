@@ -39,7 +39,7 @@ pub(super) fn placed_ops(p: &Program, l: Layer, plan: &BlockPlan) -> LayerOps {
 }
 
 /// Op `k` as `layout.json` places it: its source text and location, and the heads it uses.
-fn placed(p: &Program, k: OpId, part: OpPart, heads: Vec<usize>) -> PlacedOp {
+pub(in crate::lower) fn placed(p: &Program, k: OpId, part: OpPart, heads: Vec<usize>) -> PlacedOp {
     let op = &p.ops[k];
     PlacedOp {
         op: k,
@@ -53,7 +53,7 @@ fn placed(p: &Program, k: OpId, part: OpPart, heads: Vec<usize>) -> PlacedOp {
 
 /// `layout.json`: where every input and register lives, what every row holds over the layers,
 /// the ops of every layer, the division constants and the output row.
-pub(super) fn build_layout(
+pub(in crate::lower) fn build_layout(
     p: &Program,
     alloc: &Allocation,
     nblocks: usize,
@@ -107,6 +107,7 @@ pub(super) fn build_layout(
         encoding: "columns x̃_1, ỹ_1, …, x̃_n, ỹ_n, x̃_{n+1}; x̃_k = [0, x_k], ỹ_k = [y_k, 0…]; \
                    read the output row at even columns"
             .into(),
+        paper: None,
     }
 }
 
