@@ -27,6 +27,10 @@ fn quick() {
             let model = pipeline::build_model(&c, "cpu").unwrap();
             let pred = model.predict_prompts(&prompts).unwrap();
             let (abs, rel) = pipeline::max_errors(&pred, &interp);
+            match pipeline::certify_compiled(&p, &c) {
+                Ok(cert) => eprintln!("  certified bound {:.3e}", cert.end_to_end.bound.0),
+                Err(e) => eprintln!("  certify: {e:#}"),
+            }
             eprintln!("{prog} {:?}: layers {} width {} heads {} hidden {} abs {abs:.3e} rel {rel:.3e} n_ln {} ", dt, c.config.layers.len(), c.config.width, c.config.layers[0].attn.unwrap().heads, c.config.layers[0].mlp.unwrap().hidden, c.layout.paper.as_ref().unwrap().bypass_scale);
             if std::env::var("TRACE").is_ok() {
                 let toks =

@@ -102,6 +102,28 @@ pub fn check_attention(
 ) -> Result<Option<PrepInfo>, CertifyError> {
     let step = Step::new(ctx, l, Part::Attention, ops);
     require_exact_form(&step, ac)?;
+    let keys = (0..ac.heads)
+        .map(|h| head_pattern(&step, ac, aw.bias.as_ref(), h))
+        .collect::<Result<Vec<PatKey>, CertifyError>>()?;
+    check_attention_forms(&step, ac, aw, keys, &Coeffs::new(), false, state)
+}
+
+/// The attention normal form, given every head's attention matrix (`keys`; from its bias
+/// pattern here, from its position-coded scores for the `paper` target): the operands hold
+/// what the operations read, the form derived from the weights equals the operations', and
+/// `state` is advanced. `o_bias` is the expected `attn.o.bias` (the paper target's division
+/// zeroes its bypass rows there); `clear_payload` adds the paper target's payload clear
+/// (M_self[p, p] = −1 on both payload rows).
+pub fn check_attention_forms(
+    step: &Step,
+    ac: &AttnConfig,
+    aw: &Attention<Stored>,
+    keys: Vec<PatKey>,
+    o_bias: &Coeffs<Row>,
+    clear_payload: bool,
+    state: &mut [RowState],
+) -> Result<Option<PrepInfo>, CertifyError> {
+    let (ctx, l, ops) = (step.ctx, step.layer, step.ops);
     check_disjoint(ctx, l, step.part, ops)?;
     for po in ops {
         match &ctx.p.ops[po.op].kind {
@@ -111,13 +133,29 @@ pub fn check_attention(
         }
     }
     let mut pats = Patterns::default();
-    let head_key = (0..ac.heads)
-        .map(|h| Ok(pats.intern(head_pattern(&step, ac, aw.bias.as_ref(), h)?)))
-        .collect::<Result<Vec<usize>, CertifyError>>()?;
-    let derived = derive(&step, ac, aw, &head_key, state)?;
-    let expected = expected(&step, &derived, &mut pats)?;
-    compare_forms(&step, &derived, &expected, &pats, &head_key, state)?;
+    let head_key: Vec<usize> = keys.into_iter().map(|k| pats.intern(k)).collect();
+    let derived = derive(step, ac, aw, &head_key, o_bias, state)?;
+    let mut expected = expected(step, &derived, &mut pats)?;
+    if clear_payload {
+        let sk = pats.intern(self_key(ctx.cols));
+        if let Some(pl) = ctx.layout.div_payload {
+            for p in pl {
+                add(&mut expected.form, (p, sk, p), &Dy::int(-1));
+            }
+        }
+    }
+    compare_forms(step, &derived, &expected, &pats, &head_key, state)?;
     advance(ctx, ops, state);
+    if clear_payload {
+        if let Some(pl) = ctx.layout.div_payload {
+            for p in pl {
+                state[p] = RowState {
+                    content: Content::Zero,
+                    err: 0.0,
+                };
+            }
+        }
+    }
     Ok(expected.prep)
 }
 
@@ -206,6 +244,7 @@ fn derive(
     ac: &AttnConfig,
     aw: &Attention<Stored>,
     head_key: &[usize],
+    o_bias: &Coeffs<Row>,
     state: &[RowState],
 ) -> Result<Coeffs<MTerm>, CertifyError> {
     let none = Coeffs::new();
@@ -218,14 +257,15 @@ fn derive(
             .collect();
     compare(
         &ob,
-        &none,
+        o_bias,
         |_| (),
         |m, _| {
             let r = m.term;
             let msg = format!(
-                "{}[{r}] is {}, expected 0 ({})",
+                "{}[{r}] is {}, expected {} ({})",
                 aw.o.bias.name,
                 m.got.to_f64(),
+                m.want,
                 row_name(step, state, r)
             );
             step.row_err(r, msg)

@@ -103,6 +103,33 @@ impl Dy {
             *self = self.add(o);
         }
     }
+    pub fn abs(&self) -> Dy {
+        Dy {
+            m: self.m.abs(),
+            e: self.e,
+        }
+    }
+    /// Bits of the odd mantissa and the exponent: the value is representable with a p-bit
+    /// significand iff the first is at most p (exponent range aside).
+    pub fn mantissa_bits_and_exponent(&self) -> (u64, i64) {
+        (self.m.bits(), self.e)
+    }
+    /// True when |value| < 2^bits · 2^grid, i.e. every multiple of 2^grid up to |value| has a
+    /// significand of at most `bits` bits.
+    pub fn fits_grid(&self, grid: i64, bits: u32) -> bool {
+        self.is_zero() || (self.m.bits() as i64 + self.e - grid) <= bits as i64
+    }
+    /// Order of the values.
+    pub fn cmp_value(&self, o: &Dy) -> std::cmp::Ordering {
+        let d = self.sub(o);
+        if d.is_zero() {
+            std::cmp::Ordering::Equal
+        } else if d.m.is_positive() {
+            std::cmp::Ordering::Greater
+        } else {
+            std::cmp::Ordering::Less
+        }
+    }
     pub fn sub(&self, o: &Dy) -> Dy {
         self.add(&o.neg())
     }

@@ -12,13 +12,13 @@ use crate::layout::Row;
 /// A term of one embedding row: the weight on token entry j (0 = y, 1+i = x[i]), or the
 /// constant (bias + position) at column t.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-enum EmbedTerm {
+pub(crate) enum EmbedTerm {
     Token(usize),
     Column(usize),
 }
 
 /// Which built-in input (and element) a row holds.
-type RowInput = Option<(Builtin, usize)>;
+pub(crate) type RowInput = Option<(Builtin, usize)>;
 
 /// The exact value of a built-in at column t for the position-dependent ones.
 fn builtin_position_value(b: Builtin, t: usize) -> Option<f64> {
@@ -31,7 +31,7 @@ fn builtin_position_value(b: Builtin, t: usize) -> Option<f64> {
 /// The input each row holds, from layout.json. A built-in the program does not read may be left
 /// out of the embedding (all-zero row): the row then holds 0 (and its range, unbounded for y
 /// and x, stays out of division bounds).
-fn input_rows(ctx: &Ctx) -> Result<Vec<RowInput>, CertifyError> {
+pub(crate) fn input_rows(ctx: &Ctx) -> Result<Vec<RowInput>, CertifyError> {
     let mut row_input: Vec<RowInput> = vec![None; ctx.width];
     for (name, rows) in &ctx.layout.inputs {
         let b = Builtin::from_name(name).expect("checked by place_registers");
@@ -65,7 +65,7 @@ fn input_rows(ctx: &Ctx) -> Result<Vec<RowInput>, CertifyError> {
 
 /// Per row, the embedding as the weights give it: token weights, and bias + position at every
 /// column (exact: the sum of two doubles as an exact dyadic sum).
-fn derive_embedding(ctx: &Ctx) -> Result<Vec<Coeffs<EmbedTerm>>, CertifyError> {
+pub(crate) fn derive_embedding(ctx: &Ctx) -> Result<Vec<Coeffs<EmbedTerm>>, CertifyError> {
     let e = &ctx.weights.embed;
     let bias = e.bias.exact_vec()?;
     let pos = ctx.weights.pos.sparse_cols()?;
@@ -87,7 +87,7 @@ fn derive_embedding(ctx: &Ctx) -> Result<Vec<Coeffs<EmbedTerm>>, CertifyError> {
 
 /// The embedding row of `input`: y and x by identity (weight 1 on their token entry), a
 /// position-dependent built-in's value at every column, else 0.
-fn expected_embedding(ctx: &Ctx, input: RowInput) -> Coeffs<EmbedTerm> {
+pub(crate) fn expected_embedding(ctx: &Ctx, input: RowInput) -> Coeffs<EmbedTerm> {
     let mut form = Coeffs::new();
     match input {
         Some((Builtin::Y, 0)) => {
@@ -106,7 +106,7 @@ fn expected_embedding(ctx: &Ctx, input: RowInput) -> Coeffs<EmbedTerm> {
 }
 
 /// The rejection of embedding row `r` (holding `input`) at its first differing term.
-fn embedding_mismatch(
+pub(crate) fn embedding_mismatch(
     ctx: &Ctx,
     r: usize,
     input: RowInput,

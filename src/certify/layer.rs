@@ -46,6 +46,8 @@ pub fn certify_layer(
         ranges: BTreeMap::new(),
         assumptions: Vec::new(),
         note: None,
+        local_error: None,
+        error_after: None,
     };
     mlp_step(ctx, l, mlp_ops, prep, state, &mut cert)?;
     Ok(cert)

@@ -43,11 +43,11 @@ pub enum Term {
 /// A quadratic polynomial in the MLP input m.
 pub type Poly = Coeffs<Term>;
 
-fn lin(i: Row) -> Term {
+pub(crate) fn lin(i: Row) -> Term {
     Term::Lin(i.index() as u32)
 }
 
-fn quad(i: Row, j: Row) -> Term {
+pub(crate) fn quad(i: Row, j: Row) -> Term {
     Term::Quad(i.min(j).index() as u32, i.max(j).index() as u32)
 }
 
@@ -276,7 +276,7 @@ fn expected(step: &Step, derived: &[Poly], eps: f64) -> Result<Expected, Certify
 }
 
 /// `mul dst <- A * B`: row dst(i,k) = Σ_j m_{A(i,j)} m_{B(j,k)} − m_{dst(i,k)}.
-fn expect_mul(ctx: &Ctx, dst: RegId, a: &Operand, b: &Operand, rows: &mut [Poly]) {
+pub(crate) fn expect_mul(ctx: &Ctx, dst: RegId, a: &Operand, b: &Operand, rows: &mut [Poly]) {
     let (sa, sb) = (ctx.p.operand_shape(*a), ctx.p.operand_shape(*b));
     for i in 0..sa.rows {
         for kk in 0..sb.cols {
@@ -292,7 +292,7 @@ fn expect_mul(ctx: &Ctx, dst: RegId, a: &Operand, b: &Operand, rows: &mut [Poly]
 }
 
 /// `aff dst <- Σ C·src + b` (operation `k`): row dst_e = Σ C[e,j] m_{src_j} + b_e − m_{dst_e}.
-fn expect_aff(
+pub(crate) fn expect_aff(
     step: &Step,
     k: OpId,
     dst: RegId,

@@ -34,6 +34,7 @@ pub mod exact;
 pub mod io;
 pub mod layer;
 pub mod mlp;
+pub mod paper;
 pub mod report;
 pub mod sound;
 pub mod state;
@@ -66,6 +67,9 @@ pub struct ModelFiles {
 /// Certify a compiled model against its program. On success, the certificate (without the
 /// validation figures, which `icl-compile` measures).
 pub fn certify_model(p: &Program, files: &ModelFiles) -> Result<Certificate, CertifyError> {
+    if files.config.target == "paper" {
+        return paper::certify_model(p, files);
+    }
     let cfg = &files.config;
     crate::ir::validate(p)
         .map_err(|e| CertifyError::new(Part::Files, format!("the program is malformed: {e}")))?;

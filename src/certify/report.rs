@@ -115,6 +115,12 @@ pub struct LayerCertificate {
     pub assumptions: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// `paper` target: the largest error the layer adds to a value it writes when its inputs are
+    /// exact (rounding included), and the largest error bound over the values it writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_error: Option<ExtF64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_after: Option<ExtF64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -28,6 +28,46 @@ pub enum Content {
     Cleared(OpId),
     /// A payload row of the division `op` (±P·den).
     Payload(OpId),
+    /// A `paper`-target fixed row: a position code or a LayerNorm bypass row.
+    Code(Code),
+}
+
+/// The `paper` target's fixed rows (layout.json `paper`): written by the embedding, never by a
+/// layer (a division layer zeroes the bypass rows and restores them).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Code {
+    /// t/D.
+    C1,
+    /// t²/D².
+    C2,
+    /// t mod 2.
+    Parity,
+    One,
+    /// The bypass rows ±N.
+    Bypass(f64),
+}
+
+impl Code {
+    /// The exact value at column t (code scale D).
+    pub fn value(self, t: usize, d: usize) -> f64 {
+        let (t, d) = (t as f64, d as f64);
+        match self {
+            Code::C1 => t / d,
+            Code::C2 => t * t / (d * d),
+            Code::Parity => t % 2.0,
+            Code::One => 1.0,
+            Code::Bypass(n) => n,
+        }
+    }
+    pub fn name(self) -> String {
+        match self {
+            Code::C1 => "code c1 = t/D".into(),
+            Code::C2 => "code c2 = t²/D²".into(),
+            Code::Parity => "code parity".into(),
+            Code::One => "code one".into(),
+            Code::Bypass(n) => format!("LayerNorm bypass {n}"),
+        }
+    }
 }
 
 /// A row's content and a bound on |model value − program value| there (end-to-end analysis).
@@ -116,6 +156,7 @@ impl<'a> Ctx<'a> {
             Content::Val { reg, elem, .. } => format!("row {r} ({})", self.elem_name(*reg, *elem)),
             Content::Cleared(_) => format!("row {r} (div destination, cleared)"),
             Content::Payload(_) => format!("row {r} (division payload)"),
+            Content::Code(c) => format!("row {r} ({})", c.name()),
         }
     }
     /// Short name of what row `r` holds, for monomials: `A[2,1]`, `x[0]`, `one`, `row 7`.
@@ -128,6 +169,7 @@ impl<'a> Ctx<'a> {
             Content::Zero => format!("row {r} (unused)"),
             Content::Cleared(_) => format!("row {r} (cleared)"),
             Content::Payload(_) => format!("payload row {r}"),
+            Content::Code(c) => c.name(),
         }
     }
     /// `text, file:line:col` of operation `k` (as the certificate lists it).
@@ -158,6 +200,10 @@ impl<'a> Ctx<'a> {
             }
             // Payload rows are not bounded by the program (±P·den); callers exclude them.
             Content::Payload(_) => Interval::EVERYTHING,
+            Content::Code(Code::Bypass(n)) => Interval::point(*n),
+            Content::Code(Code::One) => Interval::point(1.0),
+            // c1, c2, parity: in [0, 1] (t < D).
+            Content::Code(_) => Interval::new(0.0, 1.0),
         }
     }
 }

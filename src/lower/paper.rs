@@ -321,15 +321,18 @@ impl Heads {
 #[derive(Default)]
 struct Units {
     forms: Vec<(Form, f64)>,
-    index: HashMap<(Vec<(Row, u64)>, u64), usize>,
+    /// (form, bias, is a pair unit) → unit: pair units and product units are never shared, so
+    /// the certifier can recognise every pair (whose Taylor remainders cancel exactly).
+    index: HashMap<(Vec<(Row, u64)>, u64, bool), usize>,
     down: BTreeMap<(Row, usize), f64>,
 }
 
 impl Units {
-    fn unit(&mut self, f: Form, bias: f64) -> usize {
+    fn unit(&mut self, f: Form, bias: f64, pair: bool) -> usize {
         let key = (
             f.0.iter().map(|(r, c)| (*r, c.to_bits())).collect(),
             bias.to_bits(),
+            pair,
         );
         let forms = &mut self.forms;
         *self.index.entry(key).or_insert_with(|| {
@@ -343,12 +346,12 @@ impl Units {
     /// **Pair**: adds `coef·z`, z = f·h + bias, into `out` as coef·(g(z) − g(−z)) — exact for
     /// every z, since g(z) − g(−z) = z·(Φ(z) + Φ(−z)) = z.
     fn pair(&mut self, f: &Form, bias: f64, out: Row, coef: f64) {
-        let plus = self.unit(f.clone(), bias);
+        let plus = self.unit(f.clone(), bias, true);
         let mut neg = Form::default();
         for (&r, &c) in &f.0 {
             neg.add(r, -c);
         }
-        let minus = self.unit(neg, -bias);
+        let minus = self.unit(neg, -bias, true);
         self.down(out, plus, coef);
         self.down(out, minus, -coef);
     }
@@ -498,9 +501,9 @@ fn mul(units: &mut Units, a: Operand, b: Operand, dst: Row) {
                 let (ra, rb) = (a.row_of(i, j), b.row_of(j, c));
                 let mut both = Form::one(ra, a.scale);
                 both.add(rb, b.scale);
-                let s = units.unit(both, 0.0);
-                let ua = units.unit(Form::one(ra, a.scale), 0.0);
-                let ub = units.unit(Form::one(rb, b.scale), 0.0);
+                let s = units.unit(both, 0.0, false);
+                let ua = units.unit(Form::one(ra, a.scale), 0.0, false);
+                let ub = units.unit(Form::one(rb, b.scale), 0.0, false);
                 units.down(out, s, w);
                 units.down(out, ua, -w);
                 units.down(out, ub, -w);
@@ -827,7 +830,7 @@ pub fn compile(p: &Program, opts: &PaperOptions) -> Result<Compiled, LowerError>
         })
         .collect();
     let mut layout = build_layout(p, &alloc, sched.blocks, layer_ops, &consts.divs, out_row);
-    extend_layout(&mut layout, p, &rows, &consts, &plans, &sched);
+    extend_layout(&mut layout, &rows, &consts, &plans, &sched);
     Ok(Compiled {
         config,
         tensors,
@@ -863,7 +866,6 @@ fn codes_and_bypass(
 /// The layout's width, row names and `paper` section.
 fn extend_layout(
     layout: &mut crate::layout::Layout,
-    p: &Program,
     rows: &ExtraRows,
     consts: &Constants,
     plans: &[Plan],
