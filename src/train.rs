@@ -39,6 +39,9 @@ pub enum TrainError {
     },
     #[error("{0}")]
     Resume(String),
+    /// `--init DIR` (`[init] dir`) cannot start this run from that directory.
+    #[error("--init {dir}: {msg}")]
+    Init { dir: String, msg: String },
 }
 
 pub type Result<T> = std::result::Result<T, TrainError>;
@@ -49,7 +52,7 @@ pub type Result<T> = std::result::Result<T, TrainError>;
 pub enum TrainConfigError {
     #[error("field `{field}`: must be at least 1, found 0")]
     Zero { field: &'static str },
-    #[error("field `model.heads`: {heads} heads do not divide width {width} (head size = width / heads)")]
+    #[error("field `model.heads`: {heads} heads do not divide width {width} (head size = width / heads; or give model.head_dim)")]
     HeadsDoNotDivide { heads: usize, width: usize },
     #[error("field `{field}`: must be a finite number >= 0, found {value}")]
     NotFiniteNonNegative { field: &'static str, value: f64 },
@@ -133,6 +136,25 @@ pub struct ArchConfig {
     /// Momentum attention with a learned per-head decay η_h = sigmoid(logit_h).
     #[serde(default)]
     pub momentum_learned: bool,
+    /// Size of one attention head (default width / heads, which heads must then divide);
+    /// heads·head_dim need not equal width (a compiled `paper` model's heads may be smaller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<usize>,
+    /// Every attention has the null key of value 0 (PyTorch's add_zero_attn; docs/FORMATS.md),
+    /// as compiled `paper` models do.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub zero_attn: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl ArchConfig {
+    /// The size of one attention head: `head_dim`, else width / heads.
+    pub fn head_size(&self) -> usize {
+        self.head_dim.unwrap_or(self.width / self.heads.max(1))
+    }
 }
 
 fn default_act() -> Activation {
@@ -194,6 +216,16 @@ fn default_dtype() -> DType {
     DType::F32
 }
 
+/// Where a run's initial weights come from when they are not drawn from `train.seed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitConfig {
+    /// A model directory of target `paper` (compiled or trained): its architecture is the run's
+    /// and its weights, converted to `train.dtype`, are the step-0 weights. A resolved config
+    /// (a run's `train.toml`) holds the absolute path.
+    pub dir: PathBuf,
+}
+
 /// A training configuration file (`configs/*.toml`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -201,6 +233,9 @@ pub struct TrainConfig {
     pub task: TaskConfig,
     pub model: ArchConfig,
     pub train: OptimConfig,
+    /// `icl train --init DIR`: start from DIR's weights (see [`load_config_init`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitConfig>,
 }
 
 impl TrainConfig {
@@ -219,11 +254,12 @@ impl TrainConfig {
             (o.checkpoint_every, "train.checkpoint_every"),
             (o.log_every, "train.log_every"),
             (m.mlp_hidden.unwrap_or(1), "model.mlp_hidden"),
+            (m.head_dim.unwrap_or(1), "model.head_dim"),
         ];
         if let Some(&(_, field)) = positive_counts.iter().find(|(v, _)| *v == 0) {
             return Err(E::Zero { field });
         }
-        if !m.width.is_multiple_of(m.heads) {
+        if m.head_dim.is_none() && !m.width.is_multiple_of(m.heads) {
             return Err(E::HeadsDoNotDivide {
                 heads: m.heads,
                 width: m.width,
@@ -317,10 +353,10 @@ impl TrainConfig {
         };
         let attn = AttnConfig {
             heads: m.heads,
-            head_dim: m.width / m.heads,
+            head_dim: m.head_size(),
             qk: true,
             bias: false,
-            zero_attn: false,
+            zero_attn: m.zero_attn,
             momentum,
         };
         let mlp = MlpConfig {
@@ -355,12 +391,23 @@ impl TrainConfig {
 }
 
 /// Parse a TOML training config and apply `field=value` overrides (dotted paths such as
-/// `model.layers=4` or `train.lr=3e-4`; the value is read as TOML, else as a string).
+/// `model.layers=4` or `train.lr=3e-4`; the value is read as TOML, else as a string). An
+/// `[init]` section is taken as written (the [model] section must then be complete, as in a
+/// run's `train.toml`) and its directory is not read: see [`parse_config_init`] for that.
 pub fn parse_config(text: &str, path: &str, sets: &[String]) -> Result<TrainConfig> {
-    let cerr = |msg: String| TrainError::Config {
+    finish_config(parse_table(text, path, sets)?, path)
+}
+
+fn config_err(path: &str, msg: String) -> TrainError {
+    TrainError::Config {
         path: path.into(),
         msg,
-    };
+    }
+}
+
+/// The TOML table of a config with the `--set` overrides applied.
+fn parse_table(text: &str, path: &str, sets: &[String]) -> Result<toml::Table> {
+    let cerr = |msg: String| config_err(path, msg);
     let mut value: toml::Table = toml::from_str(text).map_err(|e| cerr(e.to_string()))?;
     for s in sets {
         let (key, raw) = s
@@ -377,23 +424,292 @@ pub fn parse_config(text: &str, path: &str, sets: &[String]) -> Result<TrainConf
             .ok()
             .and_then(|mut t| t.remove("v"))
             .unwrap_or_else(|| toml::Value::String(raw.to_string()));
-        let section = value
-            .entry(parts[0].to_string())
-            .or_insert_with(|| toml::Value::Table(Default::default()))
-            .as_table_mut()
-            .ok_or_else(|| cerr(format!("--set `{s}`: `{}` is not a section", parts[0])))?;
-        section.insert(parts[1].to_string(), v);
+        section(&mut value, parts[0])
+            .ok_or_else(|| cerr(format!("--set `{s}`: `{}` is not a section", parts[0])))?
+            .insert(parts[1].to_string(), v);
     }
-    let cfg: TrainConfig = toml::Value::Table(value)
+    Ok(value)
+}
+
+/// Section `name` of a config table (created empty if absent); None if `name` is not a table.
+fn section<'a>(table: &'a mut toml::Table, name: &str) -> Option<&'a mut toml::Table> {
+    table
+        .entry(name.to_string())
+        .or_insert_with(|| toml::Value::Table(Default::default()))
+        .as_table_mut()
+}
+
+fn deserialize_config(table: toml::Table, path: &str) -> Result<TrainConfig> {
+    toml::Value::Table(table)
         .try_into()
-        .map_err(|e: toml::de::Error| cerr(e.to_string().trim().to_string()))?;
-    cfg.validate().map_err(|e| cerr(e.to_string()))?;
+        .map_err(|e: toml::de::Error| config_err(path, e.to_string().trim().to_string()))
+}
+
+fn finish_config(table: toml::Table, path: &str) -> Result<TrainConfig> {
+    let cfg = deserialize_config(table, path)?;
+    cfg.validate()
+        .map_err(|e| config_err(path, e.to_string()))?;
     Ok(cfg)
 }
 
 pub fn load_config(path: &Path, sets: &[String]) -> Result<TrainConfig> {
     let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
     parse_config(&text, &path.display().to_string(), sets)
+}
+
+/// [`parse_config_init`] of a file.
+pub fn load_config_init(path: &Path, sets: &[String], init: Option<&Path>) -> Result<TrainConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
+    parse_config_init(&text, &path.display().to_string(), sets, init)
+}
+
+/// A config for a fresh run: [`parse_config`], then the model directory of `init` (the
+/// `--init DIR` flag, which replaces any `[init] dir` of the file) or of the file's
+/// `[init] dir` is read and the config resolved against it (`icl train CONFIG --init DIR`):
+///
+/// - DIR's `config.json` must load and have target `paper` (compiled or trained), every layer
+///   the same, and `max_len` = 2n+1;
+/// - `task.d` and `task.n` and every `[model]` field (`arch`, `layers`, `width`, `heads`,
+///   `head_dim`, `mlp_hidden`, `activation`, `ln_eps`, `zero_attn`, `momentum_eta`,
+///   `momentum_learned`) that the file omits are DIR's; one it gives must equal DIR's, else an
+///   error names the field, the config's value and DIR's (so `[model]` may be left out);
+/// - `init.dir` becomes DIR's absolute path, so the resolved config (the run's `train.toml`)
+///   says where the run started and reruns it.
+///
+/// Without any init this is [`parse_config`].
+pub fn parse_config_init(
+    text: &str,
+    path: &str,
+    sets: &[String],
+    init: Option<&Path>,
+) -> Result<TrainConfig> {
+    let mut table = parse_table(text, path, sets)?;
+    let not_section = |name: &str| config_err(path, format!("`{name}` is not a section"));
+    if let Some(dir) = init {
+        section(&mut table, "init")
+            .ok_or_else(|| not_section("init"))?
+            .insert("dir".into(), toml::Value::String(dir.display().to_string()));
+    }
+    let dir = match table.get("init").and_then(|i| i.get("dir")) {
+        None => return finish_config(table, path),
+        Some(toml::Value::String(s)) => PathBuf::from(s),
+        Some(other) => {
+            return Err(config_err(
+                path,
+                format!("field `init.dir`: expected a directory name, found {other}"),
+            ))
+        }
+    };
+    let ierr = |msg: String| TrainError::Init {
+        dir: dir.display().to_string(),
+        msg,
+    };
+    let abs =
+        std::fs::canonicalize(&dir).map_err(|e| ierr(format!("not a model directory ({e})")))?;
+    let mc = model::load_config(&abs.join("config.json")).map_err(|e| ierr(e.to_string()))?;
+    let arch = init_arch(&mc).map_err(ierr)?;
+    let dir_task: toml::Table = [("d", mc.d), ("n", mc.n)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), toml::Value::Integer(v as i64)))
+        .collect();
+    let dir_model = toml::Table::try_from(&arch).map_err(|e| ierr(e.to_string()))?;
+    for (name, fill) in [("task", &dir_task), ("model", &dir_model)] {
+        let sec = section(&mut table, name).ok_or_else(|| not_section(name))?;
+        for (k, v) in fill {
+            sec.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+    section(&mut table, "init")
+        .ok_or_else(|| not_section("init"))?
+        .insert("dir".into(), toml::Value::String(abs.display().to_string()));
+    let cfg = deserialize_config(table, path)?;
+    // Given values against DIR's, field by field (the omitted ones were filled with DIR's).
+    let given = [
+        ("task.d", cfg.task.d.to_string()),
+        ("task.n", cfg.task.n.to_string()),
+    ]
+    .into_iter()
+    .chain(arch_fields(&cfg.model));
+    let theirs = [("task.d", mc.d.to_string()), ("task.n", mc.n.to_string())]
+        .into_iter()
+        .chain(arch_fields(&arch));
+    if let Some(((field, a), (_, b))) = given.zip(theirs).find(|(a, b)| a != b) {
+        return Err(ierr(format!(
+            "field `{field}`: the config says {a}, but the model directory has {b}"
+        )));
+    }
+    cfg.validate().map_err(|e| {
+        config_err(
+            path,
+            format!(
+                "{e} (with --init {}, the [model] fields the config omits are the model directory's)",
+                dir.display()
+            ),
+        )
+    })?;
+    check_init_config(&cfg, &mc).map_err(ierr)?;
+    Ok(cfg)
+}
+
+/// The effective value of every `[model]` field (defaults applied), as TOML writes it.
+fn arch_fields(m: &ArchConfig) -> Vec<(&'static str, String)> {
+    fn text<T: Serialize>(v: T) -> String {
+        toml::Value::try_from(v).map_or_else(|e| e.to_string(), |v| v.to_string())
+    }
+    vec![
+        ("model.arch", text(m.arch)),
+        ("model.layers", m.layers.to_string()),
+        ("model.width", m.width.to_string()),
+        ("model.heads", m.heads.to_string()),
+        ("model.head_dim", m.head_size().to_string()),
+        (
+            "model.mlp_hidden",
+            m.mlp_hidden.unwrap_or(4 * m.width).to_string(),
+        ),
+        ("model.activation", text(m.activation)),
+        ("model.ln_eps", text(m.ln_eps)),
+        ("model.zero_attn", m.zero_attn.to_string()),
+        (
+            "model.momentum_eta",
+            m.momentum_eta.map_or("nothing".into(), text),
+        ),
+        ("model.momentum_learned", m.momentum_learned.to_string()),
+    ]
+}
+
+/// The `[model]` section that builds the architecture of a `paper` model directory: its layers
+/// (all the same), heads, head size, null key, MLP and LayerNorm eps. Errors say what in
+/// `config.json` keeps it from being one.
+fn init_arch(mc: &ModelConfig) -> std::result::Result<ArchConfig, String> {
+    if mc.target != "paper" {
+        return Err(format!(
+            "needs a paper-architecture model (target \"paper\", compiled or trained); the model directory has target \"{}\"",
+            mc.target
+        ));
+    }
+    if mc.max_len != 2 * mc.n + 1 {
+        return Err(format!(
+            "field `max_len`: the model directory has {}, but training on n = {} needs 2n+1 = {}",
+            mc.max_len,
+            mc.n,
+            2 * mc.n + 1
+        ));
+    }
+    let Some(first) = mc.layers.first() else {
+        return Err("config.json has no layers".into());
+    };
+    if let Some(l) = (1..mc.layers.len()).find(|&l| mc.layers[l] != *first) {
+        return Err(format!(
+            "layers[{l}] differs from layers[0] in config.json: --init needs every layer the same shape (training builds identical layers)"
+        ));
+    }
+    let (Some(attn), Some(norm), Some(mlp)) = (first.attn, first.norm, first.mlp) else {
+        return Err(
+            "layers[0] lacks attention, its MLP LayerNorm or its MLP: a paper layer has all three"
+                .into(),
+        );
+    };
+    let (momentum_eta, momentum_learned) = match attn.momentum {
+        None => (None, false),
+        Some(MomentumConfig::Fixed { eta }) => (Some(eta), false),
+        Some(MomentumConfig::Learned { learned }) => (None, learned),
+    };
+    Ok(ArchConfig {
+        arch: Arch::Paper,
+        layers: mc.layers.len(),
+        width: mc.width,
+        heads: attn.heads,
+        mlp_hidden: Some(mlp.hidden),
+        activation: mlp.activation,
+        ln_eps: norm.eps,
+        momentum_eta,
+        momentum_learned,
+        head_dim: Some(attn.head_dim),
+        zero_attn: attn.zero_attn,
+    })
+}
+
+/// The first place two JSON values differ: (path, left, right).
+fn first_difference(
+    a: &serde_json::Value,
+    b: &serde_json::Value,
+    path: String,
+) -> Option<(String, String, String)> {
+    use serde_json::Value as V;
+    let join = |k: &str| {
+        if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
+    match (a, b) {
+        (V::Object(x), V::Object(y)) => {
+            x.keys()
+                .chain(y.keys())
+                .find_map(|k| match (x.get(k), y.get(k)) {
+                    (Some(u), Some(v)) => first_difference(u, v, join(k)),
+                    (u, v) => {
+                        let show =
+                            |w: Option<&V>| w.map_or("absent".to_string(), |w| w.to_string());
+                        Some((join(k), show(u), show(v)))
+                    }
+                })
+        }
+        (V::Array(x), V::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (u, v))| first_difference(u, v, format!("{path}[{i}]"))),
+        _ if a == b => None,
+        _ => Some((path, a.to_string(), b.to_string())),
+    }
+}
+
+/// Check that a model directory's config (`mc`) is the architecture `cfg` trains: the same
+/// config.json but for `kind` (trained), `dtype` (`train.dtype`) and `readout_row` (null).
+fn check_init_config(cfg: &TrainConfig, mc: &ModelConfig) -> std::result::Result<(), String> {
+    init_arch(mc)?;
+    let ours = cfg.model_config();
+    let theirs = ModelConfig {
+        kind: ModelKind::Trained,
+        dtype: ours.dtype,
+        readout_row: None,
+        ..mc.clone()
+    };
+    if theirs == ours {
+        return Ok(());
+    }
+    let json = |c: &ModelConfig| serde_json::to_value(c).map_err(|e| e.to_string());
+    let (field, t, o) = first_difference(&json(&theirs)?, &json(&ours)?, String::new())
+        .unwrap_or_else(|| ("?".into(), "?".into(), "?".into()));
+    Err(format!(
+        "config.json field `{field}` is {t}, but the run's config builds {o}"
+    ))
+}
+
+/// The trainable model a run with `[init]` starts from: DIR's weights in `train.dtype`, after
+/// DIR's config is checked against the run's (it may have changed since the config was
+/// resolved) and its tensors against that config (none missing, none extra, shapes, dtype).
+fn load_init(cfg: &TrainConfig, init: &InitConfig, device: &Device) -> Result<Transformer> {
+    let dir = &init.dir;
+    let ierr = |msg: String| TrainError::Init {
+        dir: dir.display().to_string(),
+        msg,
+    };
+    let mc = model::load_config(&dir.join("config.json")).map_err(|e| ierr(e.to_string()))?;
+    check_init_config(cfg, &mc).map_err(ierr)?;
+    let named = Transformer::load(dir, device, Some(cfg.train.dtype))
+        .and_then(|m| m.to_named())
+        .map_err(|e| ierr(e.to_string()))?;
+    let mc = cfg.model_config();
+    Ok(Transformer::from_named(
+        mc.clone(),
+        &named,
+        device,
+        mc.dtype,
+        true,
+    )?)
 }
 
 /// splitmix64: a bijective mixer, used to derive independent per-step seeds.
@@ -501,7 +817,8 @@ impl AdamW {
 }
 
 /// Where a run writes: `DIR/config.json` + `DIR/model.safetensors` (the latest weights, a model
-/// directory `icl eval` loads), `DIR/metrics.jsonl`, `DIR/train.toml` (the resolved config),
+/// directory `icl eval` loads), `DIR/metrics.jsonl`, `DIR/train.toml` (the resolved config; with
+/// `[init] dir`, the absolute path of the model directory the run started from),
 /// `DIR/checkpoints/step-XXXXXXXX/` (weights, optimizer state, state.json) and
 /// `DIR/checkpoint.json` naming the latest complete checkpoint (written last: the commit point).
 pub struct TrainOptions {
@@ -608,7 +925,10 @@ fn save_checkpoint(
     let state = CheckpointState {
         step,
         seed: cfg.train.seed,
-        rng: "batch of step s drawn from ChaCha8Rng::seed_from_u64(batch_seed(seed, s)); weights initialised from seed".into(),
+        rng: match &cfg.init {
+            None => "batch of step s drawn from ChaCha8Rng::seed_from_u64(batch_seed(seed, s)); weights initialised from seed".into(),
+            Some(i) => format!("batch of step s drawn from ChaCha8Rng::seed_from_u64(batch_seed(seed, s)); weights initialised from the model directory {} (config.init.dir)", i.dir.display()),
+        },
         config: cfg.clone(),
     };
     let spath = dir.join("state.json");
@@ -663,7 +983,15 @@ fn load_checkpoint(
             dir.display()
         )));
     }
-    let model_cfg = &cfg.model_config();
+    // The checkpoint's own architecture (never the `--init` directory's, which is not read on
+    // resume); it must be the one the config builds.
+    let model_cfg = &model::load_config(&dir.join("config.json"))?;
+    if model_cfg != &cfg.model_config() {
+        return Err(TrainError::Resume(format!(
+            "{}: config.json is not the architecture of the run's config (train.toml)",
+            dir.display()
+        )));
+    }
     let wpath = dir.join("model.safetensors");
     let (named, _) = tensors::load(&wpath).map_err(|e| io_err(&wpath, e))?;
     let model = Transformer::from_named(model_cfg.clone(), &named, device, model_cfg.dtype, true)?;
@@ -763,14 +1091,16 @@ pub fn train_step(
 
 /// Floating-point operations of one training step's matrix products, forward and backward (3×
 /// the forward's 2·MACs): per token, the linear layers' weights (Q, K, V, O, MLP up and down)
-/// and the attention scores and reads (4·T·width per layer), times batch·T tokens.
+/// and the attention scores and reads (4·T·heads·head_dim per layer), times batch·T tokens.
 /// configs/tiny.toml: 0.12 GFLOP; the paper-shaped bench model (4 layers of width 128, batch
 /// 64, T = 81): 26 GFLOP.
 pub fn step_flops(cfg: &TrainConfig) -> f64 {
     let m = &cfg.model;
     let (w, t) = (m.width as f64, (2 * cfg.task.n + 1) as f64);
+    // heads·head_dim: the width of Q, K and V (= width unless `model.head_dim` says otherwise).
+    let inner = (m.heads * m.head_size()) as f64;
     let hidden = m.mlp_hidden.unwrap_or(4 * m.width) as f64;
-    let per_token_layer = 4.0 * w * w + 2.0 * w * hidden + 4.0 * t * w;
+    let per_token_layer = 4.0 * w * inner + 2.0 * w * hidden + 4.0 * t * inner;
     6.0 * cfg.train.batch as f64 * t * m.layers as f64 * per_token_layer
 }
 
@@ -787,16 +1117,20 @@ pub fn cpu_threads(cfg: &TrainConfig) -> Option<usize> {
     (step_flops(cfg) < ONE_THREAD_BELOW_FLOPS).then_some(1)
 }
 
-/// A fresh trainable model and optimizer for a config (weights from `train.seed`).
+/// A fresh trainable model and optimizer for a config: the weights of `init.dir` when the
+/// config has one (`icl train --init`), else drawn from `train.seed`.
 pub fn fresh(cfg: &TrainConfig, device: &Device) -> Result<(Transformer, AdamW)> {
     let mc = cfg.model_config();
-    let model = Transformer::from_named(
-        mc.clone(),
-        &init_params(&mc, cfg.train.seed),
-        device,
-        mc.dtype,
-        true,
-    )?;
+    let model = match &cfg.init {
+        Some(init) => load_init(cfg, init, device)?,
+        None => Transformer::from_named(
+            mc.clone(),
+            &init_params(&mc, cfg.train.seed),
+            device,
+            mc.dtype,
+            true,
+        )?,
+    };
     let opt = AdamW::new(&model)?;
     Ok((model, opt))
 }

@@ -142,6 +142,12 @@ struct TrainArgs {
     /// Continue from the last checkpoint in the output folder.
     #[arg(long)]
     resume: bool,
+    /// Start from this model directory's architecture and weights (target "paper", compiled or
+    /// trained). [model] fields the config omits are DIR's; any it gives, and task.d and
+    /// task.n, must equal DIR's. The run's train.toml records DIR as [init] dir. Not with
+    /// --resume (a resumed run continues from its checkpoint).
+    #[arg(long, value_name = "DIR")]
+    init: Option<PathBuf>,
     /// Output folder (default runs/<config name>).
     #[arg(short = 'o', long = "out")]
     out: Option<PathBuf>,
@@ -543,7 +549,17 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
                 .unwrap_or("run".into()),
         )
     });
-    let cfg = train::load_config(&a.config, &a.sets)?;
+    if a.resume && a.init.is_some() {
+        anyhow::bail!(
+            "--init cannot be combined with --resume: a resumed run continues from its last checkpoint (its train.toml records the directory it started from as [init] dir); drop --init"
+        );
+    }
+    // On resume the run's own train.toml is complete and its [init] directory is not read.
+    let cfg = if a.resume {
+        train::load_config(&a.config, &a.sets)?
+    } else {
+        train::load_config_init(&a.config, &a.sets, a.init.as_deref())?
+    };
     // A small model runs faster on one thread (src/train.rs, cpu_threads).
     if let (true, Some(n)) = (device.is_cpu(), train::cpu_threads(&cfg)) {
         threads_unless_chosen(n);
@@ -557,6 +573,9 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         device,
     };
     let s = train::train(&cfg, &opts)?;
+    if let Some(init) = &cfg.init {
+        println!("initialised from {}", init.dir.display());
+    }
     println!(
         "trained to step {} of {}: last batch loss {:.5}, {:.2} steps/s; model in {} (metrics.jsonl beside it)",
         s.steps_done,
