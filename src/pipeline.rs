@@ -28,9 +28,33 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// Which construction a compile emits (docs/ARCHITECTURE.md, "Targets").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Target {
+    /// 0/−∞ attention biases, bilinear MLPs, LayerNorm division: exact but for the divisions.
+    #[default]
+    Exact,
+    /// The paper's construction in the trained `paper` block, with certified error bounds.
+    Paper,
+}
+
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Exact => "exact",
+            Target::Paper => "paper",
+        }
+    }
+}
+
 /// Options of one compile.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// The construction.
+    pub target: Target,
+    /// Paper target: the largest certified end-to-end error accepted (none: any finite or
+    /// infinite bound is reported).
+    pub tolerance: Option<f64>,
     /// Dtype of the written weights.
     pub dtype: DType,
     /// `cpu` or `cuda` (validation only).
@@ -43,6 +67,8 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
+            target: Target::Exact,
+            tolerance: None,
             dtype: DType::F64,
             device: "cpu".into(),
             prompts: 64,
@@ -182,10 +208,45 @@ pub fn errors(model: &[Vec<f64>], interp: &[Vec<f64>], solver: Option<&[Vec<f64>
     }
 }
 
-/// Lower `p` in `dtype`.
+/// Lower `p` to the exact target in `dtype`.
 pub fn lower(p: &Program, dtype: DType) -> Result<Compiled> {
-    lower::compile(p, &LowerOptions { dtype })
-        .with_context(|| format!("lowering {}", p.source.name))
+    lower_to(p, Target::Exact, dtype)
+}
+
+/// Lower `p` to `target` in `dtype`.
+pub fn lower_to(p: &Program, target: Target, dtype: DType) -> Result<Compiled> {
+    match target {
+        Target::Exact => lower::compile(p, &LowerOptions { dtype }),
+        Target::Paper => lower::paper::compile(p, &lower::paper::PaperOptions { dtype }),
+    }
+    .with_context(|| format!("lowering {} to the {} target", p.source.name, target.name()))
+}
+
+/// The paper target's tolerance: an error when the certified bound exceeds it, naming the first
+/// layer whose written values' bound does and what that layer adds on its own.
+pub fn check_tolerance(cert: &Certificate, tolerance: f64, dtype: DType) -> Result<()> {
+    let bound = cert.end_to_end.bound.0;
+    if bound <= tolerance {
+        return Ok(());
+    }
+    let first = cert
+        .layers
+        .iter()
+        .find(|l| l.error_after.is_some_and(|e| !(e.0 <= tolerance)));
+    let at = match first {
+        Some(l) => format!(
+            "; layer {} ({}) is the first whose values' bound exceeds it ({:.3e}; it adds {:.3e}              on its own)",
+            l.index,
+            l.ops.join("; "),
+            l.error_after.map_or(f64::NAN, |e| e.0),
+            l.local_error.map_or(f64::NAN, |e| e.0)
+        ),
+        None => String::new(),
+    };
+    bail!(
+        "tolerance {tolerance:e} cannot be reached in {}: the best certified end-to-end bound          with the constants chosen to minimise it is {bound:.3e}{at}",
+        dtype.name()
+    )
 }
 
 /// Everything one compile produced.
@@ -206,8 +267,19 @@ pub fn run(
     opts: &Options,
 ) -> Result<Outcome> {
     let p = load(program, sets)?;
-    let compiled = lower(&p, opts.dtype)?;
+    if opts.tolerance.is_some() && opts.target != Target::Paper {
+        bail!("--tolerance applies to the paper target only (the exact target is exact but for its divisions)");
+    }
+    if let Some(t) = opts.tolerance {
+        if !(t.is_finite() && t > 0.0) {
+            bail!("--tolerance must be a positive number, found {t}");
+        }
+    }
+    let compiled = lower_to(&p, opts.target, opts.dtype)?;
     let mut certificate = certify_compiled(&p, &compiled)?;
+    if let Some(t) = opts.tolerance {
+        check_tolerance(&certificate, t, opts.dtype)?;
+    }
     let validation = if opts.prompts > 0 {
         Some(validate(&p, &compiled, opts)?)
     } else {
@@ -250,13 +322,13 @@ pub fn validate(p: &Program, compiled: &Compiled, opts: &Options) -> Result<Vali
             measure(compiled)?,
             // A program whose ranges need a LayerNorm payload beyond f32 still compiles in f64;
             // the f32 figure is then reported as unavailable, with the reason.
-            match lower(p, DType::F32) {
+            match lower_to(p, opts.target, DType::F32) {
                 Err(e) => Measurement::Unavailable(format!("{e:#}")),
                 Ok(c32) => Measurement::Measured(measure(&c32)?),
             },
         ),
         DType::F32 => (
-            measure(&lower(p, DType::F64)?)?,
+            measure(&lower_to(p, opts.target, DType::F64)?)?,
             Measurement::Measured(measure(compiled)?),
         ),
     };

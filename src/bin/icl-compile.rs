@@ -1,5 +1,5 @@
-//! `icl-compile PROGRAM.icl [--set NAME=VALUE]… [-o DIR] [--dtype f64|f32] [--device cpu|cuda]
-//! [--prompts K] [--seed S]`: compile, certify, validate, write the model directory, and print a
+//! `icl-compile PROGRAM.icl [--set NAME=VALUE]… [-o DIR] [--target exact|paper] [--tolerance T]
+//! [--dtype f64|f32] [--device cpu|cuda] [--prompts K] [--seed S]`: compile, certify, validate, write the model directory, and print a
 //! summary (see `icl::pipeline`).
 
 use anyhow::{bail, Result};
@@ -10,7 +10,7 @@ use std::path::PathBuf;
 #[derive(Parser, Debug)]
 #[command(
     name = "icl-compile",
-    about = "Compile an .icl program to transformer weights (exact target), certify every layer, \
+    about = "Compile an .icl program to transformer weights (exact or paper target), certify every layer, \
              validate against the interpreter and the solver, and write the model directory."
 )]
 struct Args {
@@ -22,6 +22,13 @@ struct Args {
     /// Output directory (default: out/<program stem>).
     #[arg(short = 'o', long = "out")]
     out: Option<PathBuf>,
+    /// The construction: exact (0/−∞ attention biases, bilinear MLPs) or paper (the paper's
+    /// softmax/GeLU/LayerNorm construction in the trained `paper` block, with certified bounds).
+    #[arg(long, value_enum, default_value_t = icl::pipeline::Target::Exact)]
+    target: icl::pipeline::Target,
+    /// Paper target: fail unless the certified end-to-end error bound is at most this.
+    #[arg(long)]
+    tolerance: Option<f64>,
     /// Dtype of the written weights.
     #[arg(long, default_value = "f64")]
     dtype: String,
@@ -62,6 +69,8 @@ fn run() -> Result<()> {
         PathBuf::from("out").join(stem)
     });
     let opts = icl::pipeline::Options {
+        target: args.target,
+        tolerance: args.tolerance,
         dtype,
         device: args.device.clone(),
         prompts: args.prompts,

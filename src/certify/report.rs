@@ -164,8 +164,8 @@ impl EndToEnd {
             )
         } else {
             format!(
-                "no finite end-to-end bound (first-order propagation of the division errors \
-                 diverges from {})",
+                "no finite end-to-end bound (the worst-case propagation of the layers' errors over the \
+                 program's ranges diverges from {})",
                 self.unbounded_from.as_deref().unwrap_or("an unnamed layer")
             )
         };
