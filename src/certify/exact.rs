@@ -151,8 +151,23 @@ impl Dy {
             BigRational::new(self.m.clone(), num_traits::pow(two, (-self.e) as usize))
         }
     }
+    /// The value as a double when it is one exactly (a mantissa of at most 53 bits, a normal
+    /// exponent).
+    pub fn to_f64_exact(&self) -> Option<f64> {
+        if self.m.bits() > 53 {
+            return None;
+        }
+        let m = self.m.to_i64()? as f64;
+        let top = self.m.bits() as i64 + self.e;
+        (-1020..1020)
+            .contains(&top)
+            .then(|| m * (self.e as f64).exp2())
+    }
     /// Nearest double (for messages and bounds that are rounded outward by the caller).
     pub fn to_f64(&self) -> f64 {
+        if let Some(x) = self.to_f64_exact() {
+            return x;
+        }
         let r = self.to_rational();
         r.to_f64().unwrap_or(if self.m.is_negative() {
             f64::NEG_INFINITY

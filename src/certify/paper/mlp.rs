@@ -429,8 +429,14 @@ fn compare_forms(
                     ),
                 ));
             };
-            let ratio = got.to_rational() / e.to_rational();
-            let rf = ratio_f64(&ratio);
+            let rf = match (got.to_f64_exact(), e.to_f64_exact()) {
+                // e is a small integer in practice: one division, rounded outward.
+                (Some(g), Some(w)) if w != 0.0 => {
+                    let r = g / w;
+                    (r.next_down(), r.next_up())
+                }
+                _ => ratio_f64(&(got.to_rational() / e.to_rational())),
+            };
             // κ·ratio ∈ [κ_lo·lo, κ_hi·hi] (both factors positive when it is near 1).
             let lo = (k_lo * rf.0).next_down();
             let hi = mul_up(k_hi, rf.1);

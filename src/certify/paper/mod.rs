@@ -184,6 +184,7 @@ fn certify_layer(
     k: usize,
     (attn_ops, mlp_ops): &super::structure::LayerPlacement,
     payloads: &Payloads,
+    cache: &mut scores::PatternCache,
     state: &mut Vec<RowState>,
 ) -> Result<LayerCertificate, CertifyError> {
     let li = l.index();
@@ -193,7 +194,7 @@ fn certify_layer(
     };
     let u = rounding::unit(ctx.cfg.dtype);
     let step = Step::new(ctx, l, Part::Attention, attn_ops);
-    let pats = scores::head_patterns(&step, ac, aw, state, paper.code_scale, ctx.cfg.dtype)?;
+    let pats = scores::head_patterns(&step, ac, aw, state, paper.code_scale, ctx.cfg.dtype, cache)?;
     let leaks: Vec<f64> = pats.iter().map(|p| p.leak).collect();
     let leak = leaks.iter().copied().fold(0.0, f64::max);
     let gap = pats.iter().filter_map(|p| p.gap).reduce(f64::min);
@@ -396,8 +397,18 @@ pub fn certify_model(p: &Program, files: &ModelFiles) -> Result<Certificate, Cer
     let mut state = check_embedding(&ctx, paper)?;
     let mut layers = Vec::with_capacity(cfg.layers.len());
     let mut unbounded_from: Option<String> = None;
+    let mut cache = scores::PatternCache::new();
     for (l, placed) in placements.iter().enumerate() {
-        let cert = certify_layer(&ctx, Layer(l), paper, k, placed, &payloads, &mut state)?;
+        let cert = certify_layer(
+            &ctx,
+            Layer(l),
+            paper,
+            k,
+            placed,
+            &payloads,
+            &mut cache,
+            &mut state,
+        )?;
         if unbounded_from.is_none() && state.iter().any(|r| !r.err.is_finite()) {
             unbounded_from = Some(format!("layer {l} ({})", cert.ops.join("; ")));
         }

@@ -86,12 +86,17 @@ pub fn kappa() -> (f64, f64) {
     e.to_f64()
 }
 
-/// Upper bound on e^{−g} for a rational gap g ≥ 0 (from `sound::exp`, outward to f64).
-pub fn exp_neg_upper(gap: &BigRational) -> f64 {
-    // e^{−g} ≤ e^{−min(g, 700)}: beyond 700 the bound is far below any rounding anyway.
-    let cap = BigRational::from_integer(700.into());
-    let g = if gap > &cap { cap } else { gap.clone() };
-    sound::exp(&(-g), 60).to_f64().1
+/// Upper bound on e^{−g} for a gap g ≥ 0 (given as a double that is ≤ the real gap):
+/// e^{−g} = 2^{−g·log₂e} ≤ 2^{−⌊g·1.4426950408⌋}, since 1.4426950408 < log₂e = 1.44269504088896…
+/// A power of two, so no rounding; at most twice the exact value.
+pub fn exp_neg_upper(gap_lower: f64) -> f64 {
+    if !(gap_lower > 0.0) {
+        return 1.0;
+    }
+    let k = (gap_lower * 1.442_695_040_8 * (1.0 - 1e-15))
+        .floor()
+        .min(1074.0);
+    (-k).exp2()
 }
 
 #[cfg(test)]
@@ -123,6 +128,18 @@ mod tests {
             if z < 0.1 {
                 assert!(-rho > 0.9 * gelu_remainder(z), "loose at {z}: {rho}");
             }
+        }
+    }
+
+    #[test]
+    fn exp_bound_is_above_and_within_two() {
+        for g in [0.5, 1.0, 42.0, 44.0, 87.5, 700.0] {
+            let b = exp_neg_upper(g);
+            let e = (-g).exp();
+            assert!(
+                b >= e * (1.0 - 1e-12) && b <= 2.0 * e * (1.0 + 1e-12),
+                "{g}: {b} vs {e}"
+            );
         }
     }
 

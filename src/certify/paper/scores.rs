@@ -12,6 +12,7 @@
 //! number of best keys (each other key has weight e^{z_u − z*}/Σ ≤ e^{−gap}/m).
 
 use super::super::attn::{PatKey, PatRow};
+use super::super::bound::add_up;
 use super::super::error::CertifyError;
 use super::super::exact::Dy;
 use super::super::state::{Content, RowState, Step};
@@ -21,6 +22,7 @@ use crate::model::config::{AttnConfig, DType};
 use crate::model::schema::Attention;
 
 /// A head's attention matrix and its leak bound.
+#[derive(Debug, Clone)]
 pub struct HeadPattern {
     pub key: PatKey,
     /// max_t L_t: the total weight on keys outside the attended set.
@@ -29,81 +31,118 @@ pub struct HeadPattern {
     pub gap: Option<f64>,
 }
 
+/// One inner index of a Q or K projection: its non-zero weights (row, value) and its bias.
+type ProjRow = (Vec<(usize, f64)>, f64);
+
 /// q or k of one head at one column: `W·h_t + b` over the head's inner indices, exactly.
 fn projection(
     step: &Step,
-    w: &Stored,
-    b: &Stored,
-    inner: std::ops::Range<usize>,
+    rows: &[ProjRow],
     t: usize,
     state: &[RowState],
-    code_value: &dyn Fn(&Content, usize) -> Option<Dy>,
+    code_scale: usize,
     bits: u32,
     what: &str,
-) -> Result<Vec<Dy>, CertifyError> {
-    let mut out = Vec::with_capacity(inner.len());
-    for i in inner {
-        let mut terms = vec![Dy::from_f64(b.data[i]).expect("finite weights")];
-        for (r, st) in state.iter().enumerate() {
-            let wv = w.data[i * state.len() + r];
-            if wv == 0.0 {
-                continue;
-            }
-            let Some(v) = code_value(&st.content, t) else {
+) -> Result<Vec<f64>, CertifyError> {
+    let mut out = Vec::with_capacity(rows.len());
+    for (i, (weights, bias)) in rows.iter().enumerate() {
+        let mut terms = vec![*bias];
+        for &(r, wv) in weights {
+            let st = &state[r];
+            let Content::Code(code) = st.content else {
                 return Err(step.err(
                     step.first_op(),
                     format!(
-                        "{}[{i}, {r}] = {wv} makes the {what} read {}, which is not a position \
+                        "the {what} weight [{i}, {r}] = {wv} reads {}, which is not a position \
                          code: the scores would depend on the prompt",
-                        w.name,
                         step.ctx.content_name(crate::layout::Row(r), &st.content)
                     ),
                 ));
             };
-            terms.push(Dy::from_f64(wv).expect("finite").mul(&v));
+            let v = code.value(t, code_scale);
+            let p = exact_mul(wv, v).ok_or_else(|| {
+                step.err(
+                    step.first_op(),
+                    format!("the {what} term {wv}·{v} at column {t} is not exact in f64"),
+                )
+            })?;
+            terms.push(p);
         }
-        out.push(exact_sum(
-            step,
-            &terms,
-            bits,
-            &format!("{what} {i} at column {t}"),
-        )?);
+        out.push(exact_sum(step, &terms, bits, &|| {
+            format!("{what} {i} at column {t}")
+        })?);
     }
     Ok(out)
 }
 
-/// The exact sum of `terms`, with the proof that any floating-point evaluation of it is exact:
-/// each term representable, and Σ|terms| below 2^bits units of the finest term's last place.
-fn exact_sum(step: &Step, terms: &[Dy], bits: u32, what: &str) -> Result<Dy, CertifyError> {
-    let mut sum = Dy::zero();
-    let mut abs = Dy::zero();
-    let mut finest: Option<i64> = None;
-    for t in terms.iter().filter(|t| !t.is_zero()) {
-        let (m_bits, e) = t.mantissa_bits_and_exponent();
-        if m_bits > bits as u64 {
-            return Err(step.err(
-                step.first_op(),
-                format!("{what}: the term {t} is not representable in {bits} bits"),
-            ));
-        }
-        finest = Some(finest.map_or(e, |f: i64| f.min(e)));
-        sum.add_assign(t);
-        abs.add_assign(&t.abs());
-    }
-    if let Some(f) = finest {
-        if !abs.fits_grid(f, bits) {
-            return Err(step.err(
-                step.first_op(),
-                format!(
-                    "{what}: the partial sums (up to {}) are not exact in {bits} bits, so the \
-                     scores could round",
-                    abs.to_f64()
-                ),
-            ));
-        }
-    }
-    Ok(sum)
+/// The non-zero weights and the bias of inner indices `inner` of a projection.
+fn proj_rows(w: &Stored, b: &Stored, inner: std::ops::Range<usize>, width: usize) -> Vec<ProjRow> {
+    inner
+        .map(|i| {
+            let weights = (0..width)
+                .filter_map(|r| {
+                    let v = w.data[i * width + r];
+                    (v != 0.0).then_some((r, v))
+                })
+                .collect();
+            (weights, b.data[i])
+        })
+        .collect()
 }
+
+/// x = m·2^e with m odd: e (x finite, non-zero).
+fn low_exponent(x: f64) -> i64 {
+    let b = x.to_bits();
+    let exp = ((b >> 52) & 0x7ff) as i64;
+    let frac = b & ((1u64 << 52) - 1);
+    let (mant, e) = if exp == 0 {
+        (frac, -1074)
+    } else {
+        (frac | (1u64 << 52), exp - 1075)
+    };
+    e + mant.trailing_zeros() as i64
+}
+
+/// a·b when the double product is exact (checked by a fused multiply-add: the rounding error
+/// of a·b is exactly fma(a, b, −fl(a·b))).
+fn exact_mul(a: f64, b: f64) -> Option<f64> {
+    let p = a * b;
+    (p.is_finite() && a.mul_add(b, -p) == 0.0).then_some(p)
+}
+
+/// The exact sum of `terms` (exact doubles), with the proof that any floating-point evaluation
+/// of it in a `bits`-bit significand is exact: every term is a multiple of 2^f (f the smallest
+/// exponent of their lowest set bits), so is every partial sum, and Σ|terms| < 2^(bits+f)
+/// bounds every partial sum's magnitude — each is then representable (terms of more than
+/// `bits` bits are caught by the same test).
+fn exact_sum(
+    step: &Step,
+    terms: &[f64],
+    bits: u32,
+    what: &dyn Fn() -> String,
+) -> Result<f64, CertifyError> {
+    let nz = || terms.iter().copied().filter(|t| *t != 0.0);
+    let Some(f) = nz().map(low_exponent).min() else {
+        return Ok(0.0);
+    };
+    let abs = nz().fold(0.0, |a, t| add_up(a, t.abs()));
+    let limit = ((bits as i64 + f) as f64).exp2();
+    if !(abs < limit) {
+        return Err(step.err(
+            step.first_op(),
+            format!(
+                "{}: the partial sums (up to {abs:e}) are not exact in {bits} bits, so the \
+                 scores could round",
+                what()
+            ),
+        ));
+    }
+    // Exact: every partial sum is representable in 53 ≥ bits bits.
+    Ok(nz().sum())
+}
+
+/// Patterns already derived, by the head's Q/K weights (rows and values).
+pub type PatternCache = std::collections::HashMap<String, HeadPattern>;
 
 /// Every head's pattern and leak, from its Q/K weights and the code rows in `state`.
 pub fn head_patterns(
@@ -113,6 +152,7 @@ pub fn head_patterns(
     state: &[RowState],
     code_scale: usize,
     dtype: DType,
+    cache: &mut PatternCache,
 ) -> Result<Vec<HeadPattern>, CertifyError> {
     let (Some(wq), Some(wk)) = (&aw.q, &aw.k) else {
         return Err(step.err(step.first_op(), "attention without Q/K projections".into()));
@@ -129,58 +169,55 @@ pub fn head_patterns(
             format!("head_dim {hd}: √head_dim must be a power of two for exact scores"),
         ));
     }
-    let inv_root = Dy::from_f64(1.0 / root).expect("power of two");
-    let code_value = |c: &Content, t: usize| -> Option<Dy> {
-        match c {
-            Content::Code(code) => Dy::from_f64(code.value(t, code_scale)),
-            _ => None,
-        }
-    };
+    let inv_root = 1.0 / root;
     let cols = step.ctx.cols;
+    let width = step.ctx.width;
     let mut out = Vec::with_capacity(ac.heads);
     for h in 0..ac.heads {
         let inner = h * hd..(h + 1) * hd;
+        let qrows = proj_rows(&wq.weight, &wq.bias, inner.clone(), width);
+        let krows = proj_rows(&wk.weight, &wk.bias, inner, width);
+        // Heads with the same Q/K weights on the same code rows have the same pattern (the
+        // code rows hold the same values in every layer): computed once per model.
+        let cache_key = (qrows.clone(), krows.clone());
+        let ckey = format!("{cache_key:?}");
+        if let Some(hp) = cache.get(&ckey) {
+            let ok_rows = qrows
+                .iter()
+                .chain(&krows)
+                .flat_map(|(w, _)| w)
+                .all(|&(r, _)| matches!(state[r].content, Content::Code(_)));
+            if ok_rows {
+                out.push(hp.clone());
+                continue;
+            }
+        }
         let mut ks = Vec::with_capacity(cols);
         for s in 0..cols {
-            ks.push(projection(
-                step,
-                &wk.weight,
-                &wk.bias,
-                inner.clone(),
-                s,
-                state,
-                &code_value,
-                bits,
-                "key",
-            )?);
+            ks.push(projection(step, &krows, s, state, code_scale, bits, "key")?);
         }
         let mut key = Vec::with_capacity(cols);
         let (mut leak, mut min_gap): (f64, Option<f64>) = (0.0, None);
         for t in 0..cols {
-            let q = projection(
-                step,
-                &wq.weight,
-                &wq.bias,
-                inner.clone(),
-                t,
-                state,
-                &code_value,
-                bits,
-                "query",
-            )?;
+            let q = projection(step, &qrows, t, state, code_scale, bits, "query")?;
             // Scores of keys 0..=t, then the null key (score 0).
             let mut scores = Vec::with_capacity(t + 2);
             for k in ks.iter().take(t + 1) {
-                let terms: Vec<Dy> = q.iter().zip(k).map(|(a, b)| a.mul(b)).collect();
-                let dot = exact_sum(step, &terms, bits, &format!("head {h} score ({t}, ·)"))?;
-                scores.push(dot.mul(&inv_root));
+                let mut terms = Vec::with_capacity(q.len());
+                for (a, b) in q.iter().zip(k) {
+                    terms.push(exact_mul(*a, *b).ok_or_else(|| {
+                        step.err(
+                            step.first_op(),
+                            format!("head {h}: q·k term {a}·{b} is not exact"),
+                        )
+                    })?);
+                }
+                let dot = exact_sum(step, &terms, bits, &|| format!("head {h} score ({t}, ·)"))?;
+                // Division by √head_dim, a power of two: exact.
+                scores.push(dot * inv_root);
             }
-            scores.push(Dy::zero());
-            let best = scores
-                .iter()
-                .max_by(|a, b| a.cmp_value(b))
-                .expect("non-empty")
-                .clone();
+            scores.push(0.0);
+            let best = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let attended: Vec<usize> = (0..scores.len()).filter(|&s| scores[s] == best).collect();
             let real: Vec<u32> = attended
                 .iter()
@@ -197,21 +234,26 @@ pub fn head_patterns(
             if others > 0 {
                 let next = scores
                     .iter()
-                    .filter(|s| **s != best)
-                    .max_by(|a, b| a.cmp_value(b))
-                    .expect("others exist");
-                let gap = best.sub(next).to_rational();
-                let l = exp_neg_upper(&gap) * others as f64 / m as f64;
+                    .copied()
+                    .filter(|s| *s != best)
+                    .fold(f64::NEG_INFINITY, f64::max);
+                let gap = Dy::from_f64(best)
+                    .expect("finite")
+                    .sub(&Dy::from_f64(next).expect("finite"));
+                let e = exp_neg_upper(gap.to_f64().next_down());
+                let l = e * others as f64 / m as f64;
                 leak = leak.max(l * (1.0 + 1e-15));
-                let g = best.sub(next).to_f64();
+                let g = gap.to_f64();
                 min_gap = Some(min_gap.map_or(g, |x: f64| x.min(g)));
             }
         }
-        out.push(HeadPattern {
+        let hp = HeadPattern {
             key,
             leak,
             gap: min_gap,
-        });
+        };
+        cache.insert(ckey, hp.clone());
+        out.push(hp);
     }
     Ok(out)
 }
