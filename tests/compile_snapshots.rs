@@ -4,6 +4,7 @@
 //! --test compile_snapshots` and `git diff snapshots/`.
 
 use icl::model::config::DType;
+use icl::pipeline::Target;
 use std::path::{Path, PathBuf};
 
 fn programs() -> Vec<PathBuf> {
@@ -49,31 +50,39 @@ fn compiled_programs_snapshot() {
         let p = icl::front::load_file(&rel, &overrides(&path))
             .or_else(|_| icl::front::load_file(&rel, &[("n".to_string(), "2".to_string())]))
             .unwrap_or_else(|e| panic!("{}: {e}", rel.display()));
-        let c = icl::pipeline::lower(&p, DType::F64)
-            .unwrap_or_else(|e| panic!("{}: {e:#}", rel.display()));
-        let cert = icl::pipeline::certify_compiled(&p, &c)
-            .unwrap_or_else(|e| panic!("{}: {e:#}", rel.display()));
-        let name = rel
-            .with_extension("")
-            .to_string_lossy()
-            .replace(['/', '\\'], "__");
-        let text = format!(
-            "# {} at d={}, n={} (f64): {} layers, width {}, {} primitives\n\n\
+        for (target, prefix) in [(Target::Exact, "compiled"), (Target::Paper, "paper")] {
+            snapshot(&rel, &p, target, prefix);
+        }
+    }
+}
+
+/// The snapshot of `p` (from `rel`) compiled to `target`, named `{prefix}__{program path}`.
+fn snapshot(rel: &Path, p: &icl::ir::Program, target: Target, prefix: &str) {
+    let c = icl::pipeline::lower_to(p, target, DType::F64)
+        .unwrap_or_else(|e| panic!("{}: {e:#}", rel.display()));
+    let cert = icl::pipeline::certify_compiled(p, &c)
+        .unwrap_or_else(|e| panic!("{}: {e:#}", rel.display()));
+    let name = rel
+        .with_extension("")
+        .to_string_lossy()
+        .replace(['/', '\\'], "__");
+    let text = format!(
+        "# {} at d={}, n={} (f64, {} target): {} layers, width {}, {} primitives\n\n\
              ## config.json\n{}\n## weights (non-zero entries)\n{}\n## layout.json\n{}\n\
              ## certificate.json\n{}",
-            rel.display(),
-            p.d,
-            p.n,
-            c.stats.layers,
-            c.stats.width,
-            c.stats.primitives,
-            serde_json::to_string_pretty(&c.config).unwrap(),
-            icl::emit::listing(&c.tensors),
-            serde_json::to_string_pretty(&c.layout).unwrap(),
-            icl::emit::certificate_text(&cert).unwrap(),
-        );
-        insta::with_settings!({snapshot_path => "../snapshots", prepend_module_to_snapshot => false}, {
-            insta::assert_snapshot!(format!("compiled__{name}"), text);
-        });
-    }
+        rel.display(),
+        p.d,
+        p.n,
+        target.name(),
+        c.stats.layers,
+        c.stats.width,
+        c.stats.primitives,
+        serde_json::to_string_pretty(&c.config).unwrap(),
+        icl::emit::listing(&c.tensors),
+        serde_json::to_string_pretty(&c.layout).unwrap(),
+        icl::emit::certificate_text(&cert).unwrap(),
+    );
+    insta::with_settings!({snapshot_path => "../snapshots", prepend_module_to_snapshot => false}, {
+        insta::assert_snapshot!(format!("{prefix}__{name}"), text);
+    });
 }
