@@ -229,10 +229,10 @@ pub fn check_tolerance(cert: &Certificate, tolerance: f64, dtype: DType) -> Resu
     if bound <= tolerance {
         return Ok(());
     }
-    let first = cert
-        .layers
-        .iter()
-        .find(|l| l.error_after.is_some_and(|e| !(e.0 <= tolerance)));
+    let first = cert.layers.iter().find(|l| {
+        l.error_after
+            .is_some_and(|e| e.0.is_nan() || e.0 > tolerance)
+    });
     let at = match first {
         Some(l) => format!(
             "; layer {} ({}) is the first whose values' bound exceeds it ({:.3e}; it adds {:.3e}              on its own)",

@@ -202,6 +202,27 @@ fn numpy_forward_of_a_compiled_model_matches_rust() {
     compare_with_numpy(&py, &out, &prompts, 1e-9);
 }
 
+/// A paper-target model (gd.icl: Q/K softmax attention on position codes with the null key,
+/// GeLU MLPs behind the LayerNorm bypass) run by numpy from its files gives the Rust model's
+/// predictions: the numpy reproduction needs nothing new for it.
+#[test]
+fn numpy_forward_of_a_paper_target_model_matches_rust() {
+    let Some(py) = python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (out, _) = common::compile_program_to(
+        "programs/gd.icl",
+        &[("d", "3"), ("n", "4")],
+        icl::pipeline::Target::Paper,
+        icl::model::config::DType::F64,
+        dir.path(),
+    );
+    let prompts = PromptDistribution::new(3, 4).sample_batch(5, 9);
+    // The bypass rows are ~2^40: agreement is to f64 rounding of the LayerNorm, relative.
+    compare_with_numpy(&py, &out, &prompts, 1e-9);
+}
+
 /// A prompt set written by `icl prompts` reads in numpy as docs/FORMATS.md says: the three
 /// tensors with their shapes, the metadata's distribution, and y = xᵀw for a noiseless set.
 #[test]

@@ -114,6 +114,15 @@ pub enum ClaimError {
         stored: f64,
         proved: f64,
     },
+    #[error(
+        "certificate.json: layer {layer} claims its values' error bound {stored:e}, the check \
+         proves only {proved:e}"
+    )]
+    LayerBound {
+        layer: Layer,
+        stored: f64,
+        proved: f64,
+    },
     #[error("certificate.json: verdict {stored:?}, the check proves {proved:?}")]
     Verdict { stored: Verdict, proved: Verdict },
     /// (divisions, max relative) of the backward error, as stored and as proved.
@@ -164,6 +173,15 @@ fn compare_layer_claims(stored: &Certificate, proved: &Certificate) -> Result<()
                 proved_layer: p.index,
                 proved: p.verdict,
             });
+        }
+        if let (Some(a), Some(b)) = (s.error_after, p.error_after) {
+            if a.0 < b.0 || a.0.is_nan() != b.0.is_nan() {
+                return Err(ClaimError::LayerBound {
+                    layer: s.index,
+                    stored: a.0,
+                    proved: b.0,
+                });
+            }
         }
         if let (Some(a), Some(b)) = (s.relative_error, p.relative_error) {
             if a < b {

@@ -203,7 +203,7 @@ fn constants(
                 // (S₂ + L·eps)/(4P²den_min²) ≤ u/16.
                 let pp = k_times_power_of_two(rows.k, 4.0 * s2 / (u * dmin * dmin));
                 let peak = pp * dmax;
-                if !(peak * peak * l * 4.0 < max) {
+                if peak.is_nan() || peak * peak * l * 4.0 >= max {
                     let mut e = site();
                     if let LowerError::Division { msg, .. } = &mut e {
                         *msg = format!(
@@ -316,6 +316,9 @@ impl Heads {
     }
 }
 
+/// A unit's identity: its form (row, coefficient bits), bias bits, and whether it is a pair's.
+type UnitKey = (Vec<(Row, u64)>, u64, bool);
+
 /// The MLP units of a block: each a pre-activation `form·h + bias` (the weights are G times
 /// the form), shared by every op that asks for the same one, and the down coefficients.
 #[derive(Default)]
@@ -323,7 +326,7 @@ struct Units {
     forms: Vec<(Form, f64)>,
     /// (form, bias, is a pair unit) → unit: pair units and product units are never shared, so
     /// the certifier can recognise every pair (whose Taylor remainders cancel exactly).
-    index: HashMap<(Vec<(Row, u64)>, u64, bool), usize>,
+    index: HashMap<UnitKey, usize>,
     down: BTreeMap<(Row, usize), f64>,
 }
 
@@ -401,6 +404,7 @@ fn mov(plan: &mut Plan, pattern: Pattern, src: Row, dst: Row, size: usize) -> Ve
 /// **div, attention half**: the self head overwrites the payload rows with ±P·den and clears
 /// dst (as the exact target's DivPrep), and `attn.o.bias` = ∓N_ln zeroes the bypass rows, so the
 /// MLP's LayerNorm sees the payload as its only large rows.
+#[allow(clippy::too_many_arguments)]
 fn div_prep(
     plan: &mut Plan,
     den: Row,

@@ -502,6 +502,7 @@ fn layout() -> Layout {
             row: Row(O),
         },
         encoding: "columns x̃_1, ỹ_1, …".into(),
+        paper: None,
     }
 }
 

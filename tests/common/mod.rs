@@ -224,6 +224,17 @@ pub fn compile_program_as(
     dtype: icl::model::config::DType,
     dir: &std::path::Path,
 ) -> (std::path::PathBuf, icl::pipeline::Outcome) {
+    compile_program_to(program, sets, icl::pipeline::Target::Exact, dtype, dir)
+}
+
+/// [`compile_program`] to `target` with the weights written in `dtype`.
+pub fn compile_program_to(
+    program: &str,
+    sets: &[(&str, &str)],
+    target: icl::pipeline::Target,
+    dtype: icl::model::config::DType,
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, icl::pipeline::Outcome) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(program);
     let sets: Vec<(String, String)> = sets
         .iter()
@@ -233,6 +244,7 @@ pub fn compile_program_as(
     let opts = icl::pipeline::Options {
         prompts: 0,
         dtype,
+        target,
         ..Default::default()
     };
     let outcome = icl::pipeline::run(&path, &sets, &out, &opts)

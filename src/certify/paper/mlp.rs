@@ -216,10 +216,13 @@ fn units(step: &Step, mw: &Mlp<Stored>, gain: &Dy, big: &[Row]) -> Result<Vec<Un
     Ok(out)
 }
 
+/// A unit's form and bias, exactly.
+type FormKey = (Vec<(usize, Dy)>, Dy);
+
 /// Marks every pair: units k, k' with c_k' = −c_k, b_k' = −b_k and W₂[·,k'] = −W₂[·,k].
 fn mark_pairs(units: &mut [Unit], down_cols: &[Vec<(usize, Dy)>]) {
-    let key = |c: &[(usize, Dy)], b: &Dy| -> (Vec<(usize, Dy)>, Dy) { (c.to_vec(), b.clone()) };
-    let mut by_form: HashMap<(Vec<(usize, Dy)>, Dy), Vec<usize>> = HashMap::new();
+    let key = |c: &[(usize, Dy)], b: &Dy| -> FormKey { (c.to_vec(), b.clone()) };
+    let mut by_form: HashMap<FormKey, Vec<usize>> = HashMap::new();
     for (k, unit) in units.iter().enumerate() {
         by_form.entry(key(&unit.c, &unit.bias)).or_default().push(k);
     }
@@ -441,7 +444,7 @@ fn compare_forms(
             let lo = (k_lo * rf.0).next_down();
             let hi = mul_up(k_hi, rf.1);
             let delta = (hi - 1.0).max(1.0 - lo).max(0.0).next_up();
-            if !(delta <= 1.0 / 1024.0) {
+            if delta.is_nan() || delta > 1.0 / 1024.0 {
                 return Err(step.row_err(
                     Row(r),
                     format!(

@@ -177,6 +177,7 @@ fn layer_note(leak: f64, gap: Option<f64>, f: &mlp::MlpFigures, attn_max: f64) -
 }
 
 /// Certify layer `l`.
+#[allow(clippy::too_many_arguments)]
 fn certify_layer(
     ctx: &Ctx,
     l: Layer,
@@ -185,7 +186,7 @@ fn certify_layer(
     (attn_ops, mlp_ops): &super::structure::LayerPlacement,
     payloads: &Payloads,
     cache: &mut scores::PatternCache,
-    state: &mut Vec<RowState>,
+    state: &mut [RowState],
 ) -> Result<LayerCertificate, CertifyError> {
     let li = l.index();
     let (lc, block) = (&ctx.cfg.layers[li], &ctx.weights.layers[li]);
@@ -206,7 +207,7 @@ fn certify_layer(
         o_bias.insert(paper.bypass[1], n);
     }
     let clears = paper.payload_clears.iter().any(|c| c.layer == l);
-    let before = state.clone();
+    let before = state.to_vec();
     let mag_before = |r: usize| magnitude(ctx, payloads, &before[r]);
     let local = attn::attention_errors(ctx, ac, aw, &mag_before, &leaks, u);
     let keys = pats.into_iter().map(|p| p.key).collect();
@@ -259,7 +260,7 @@ fn certify_layer(
             };
             let iv = ctx.ranges.before_op(prep.op, den).map(|v| v[0]);
             let den_min = iv.map_or(0.0, |i| i.abs_min());
-            if !(den_min > 0.0) {
+            if den_min.is_nan() || den_min <= 0.0 {
                 return Err(ctx.op_err(
                     l,
                     Part::Mlp,

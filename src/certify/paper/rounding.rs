@@ -87,13 +87,14 @@ pub fn kappa() -> (f64, f64) {
 }
 
 /// Upper bound on e^{−g} for a gap g ≥ 0 (given as a double that is ≤ the real gap):
-/// e^{−g} = 2^{−g·log₂e} ≤ 2^{−⌊g·1.4426950408⌋}, since 1.4426950408 < log₂e = 1.44269504088896…
+/// e^{−g} = 2^{−g·log₂e} ≤ 2^{−⌊g·L⌋} with L = fl(log₂e)·(1 − 10⁻¹²) < log₂e (fl(log₂e) is
+/// within one ulp of it).
 /// A power of two, so no rounding; at most twice the exact value.
 pub fn exp_neg_upper(gap_lower: f64) -> f64 {
-    if !(gap_lower > 0.0) {
+    if gap_lower.is_nan() || gap_lower <= 0.0 {
         return 1.0;
     }
-    let k = (gap_lower * 1.442_695_040_8 * (1.0 - 1e-15))
+    let k = (gap_lower * std::f64::consts::LOG2_E * (1.0 - 1e-12))
         .floor()
         .min(1074.0);
     (-k).exp2()

@@ -127,7 +127,7 @@ fn exact_sum(
     };
     let abs = nz().fold(0.0, |a, t| add_up(a, t.abs()));
     let limit = ((bits as i64 + f) as f64).exp2();
-    if !(abs < limit) {
+    if abs.is_nan() || abs >= limit {
         return Err(step.err(
             step.first_op(),
             format!(
