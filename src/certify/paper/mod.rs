@@ -212,7 +212,21 @@ fn certify_layer(
     let local = attn::attention_errors(ctx, ac, aw, &mag_before, &leaks, u);
     let keys = pats.into_iter().map(|p| p.key).collect();
     let prep = super::attn::check_attention_forms(&step, ac, aw, keys, &o_bias, clears, state)?;
-    let attn_max = local.iter().copied().fold(0.0, f64::max);
+    // What the attention adds to values (the payload rows' error is relative to ±P·den and
+    // enters the division's bound instead).
+    let payload_rows: Vec<usize> = ctx
+        .layout
+        .div_payload
+        .into_iter()
+        .flatten()
+        .map(|r| r.index())
+        .collect();
+    let attn_max = local
+        .iter()
+        .enumerate()
+        .filter(|(r, _)| !payload_rows.contains(r))
+        .map(|(_, e)| *e)
+        .fold(0.0, f64::max);
     for (r, e) in local.iter().enumerate() {
         state[r].err = add_up(state[r].err, *e);
     }
