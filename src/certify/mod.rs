@@ -162,6 +162,7 @@ fn certificate(
                 unbounded_from
             },
             backward,
+            per_layer: None,
         },
         validation: None,
     }

@@ -137,6 +137,21 @@ pub struct EndToEnd {
     /// The backward-error reading of the division bounds (absent when every layer is exact).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backward: Option<BackwardError>,
+    /// `paper` target: the per-layer reading — the largest `local_error` of any layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_layer: Option<PerLayerError>,
+}
+
+/// The `paper` target's per-layer reading: every layer computes its operations on the values it
+/// actually reads, within its `local_error`, whenever those values lie in the program's ranges
+/// — finite where the forward propagation of worst cases is not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerLayerError {
+    /// The largest `local_error` over the layers, and its layer.
+    pub max: ExtF64,
+    pub layer: Layer,
+    pub statement: String,
 }
 
 /// Every layer but the LayerNorm divisions is proved equal to its operations, and each division
@@ -169,6 +184,13 @@ impl EndToEnd {
                 self.unbounded_from.as_deref().unwrap_or("an unnamed layer")
             )
         };
+        if let Some(p) = &self.per_layer {
+            return format!(
+                "{forward}; per layer: every layer computes its operations on the values it reads \
+                 within {:.3e} (the largest, layer {}), for values in the program's ranges",
+                p.max.0, p.layer
+            );
+        }
         match &self.backward {
             Some(b) => format!(
                 "{forward}; backward error: the model computes the program with each of its {} \

@@ -63,8 +63,6 @@ pub struct MlpFigures {
     pub coefficient_error: f64,
     /// Largest error bound over the rows an operation writes, after the step.
     pub max_written_error: f64,
-    /// Largest error the step adds to a row it writes when its inputs are exact.
-    pub local_error: f64,
 }
 
 /// One unit: its form c (over rows), bias, row sum of W₁, non-zero count, and whether it is in a
@@ -586,17 +584,8 @@ pub fn check_mlp(
         read_error: read.eps_s,
         coefficient_error: dq.iter().copied().fold(0.0, f64::max),
         max_written_error: 0.0,
-        local_error: 0.0,
     };
     let writer = step.writer.clone();
-    // The same state with every error 0: what the step adds on its own.
-    let exact_inputs: Vec<RowState> = before
-        .iter()
-        .map(|st| RowState {
-            content: st.content.clone(),
-            err: 0.0,
-        })
-        .collect();
     for r in 0..ctx.width {
         if down_rows[r].is_empty() {
             continue;
@@ -627,15 +616,6 @@ pub fn check_mlp(
         state[r].err = err;
         if writer.contains_key(&Row(r)) {
             figures.max_written_error = figures.max_written_error.max(err);
-            let alone = propagation(
-                ctx,
-                writer.get(&Row(r)).copied(),
-                Row(r),
-                &exact_inputs,
-                &read,
-                &magb,
-            );
-            figures.local_error = figures.local_error.max(add_up(alone, own));
         }
     }
     advance(ctx, input.ops, &input.mode, bypass, state);

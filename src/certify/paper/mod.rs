@@ -338,7 +338,8 @@ fn certify_layer(
         ranges: BTreeMap::new(),
         assumptions: Vec::new(),
         note: Some(layer_note(leak, gap, &figures, attn_max)),
-        local_error: Some(super::ExtF64(add_up(figures.local_error, attn_max))),
+        // Filled by the local pass (`certify_model`).
+        local_error: None,
         error_after: Some(super::ExtF64(figures.max_written_error)),
     })
 }
@@ -409,7 +410,8 @@ pub fn certify_model(p: &Program, files: &ModelFiles) -> Result<Certificate, Cer
             .map_or(f64::INFINITY, |v| v[0].abs_max());
         payloads.insert(op, (dc.payload_scale, dmax));
     }
-    let mut state = check_embedding(&ctx, paper)?;
+    let start_state = check_embedding(&ctx, paper)?;
+    let mut state = start_state.clone();
     let mut layers = Vec::with_capacity(cfg.layers.len());
     let mut unbounded_from: Option<String> = None;
     let mut cache = scores::PatternCache::new();
@@ -430,6 +432,32 @@ pub fn certify_model(p: &Program, files: &ModelFiles) -> Result<Certificate, Cer
         layers.push(cert);
     }
     let out_err = super::io::check_readout(&ctx, &state)?;
+    // The local pass: each layer again, on inputs that are the program's values (errors reset
+    // to 0 on every row holding a program value; cleared and stale rows keep their bounds), so
+    // its bound is what the layer adds on its own.
+    let mut local = start_state;
+    for (l, placed) in placements.iter().enumerate() {
+        for st in local.iter_mut() {
+            if matches!(st.content, Content::Val { .. }) {
+                st.err = 0.0;
+            }
+        }
+        let cert = certify_layer(
+            &ctx,
+            Layer(l),
+            paper,
+            k,
+            placed,
+            &payloads,
+            &mut cache,
+            &mut local,
+        )?;
+        layers[l].local_error = cert.error_after;
+    }
+    let worst = layers
+        .iter()
+        .filter_map(|c| c.local_error.map(|e| (c.index, e.0)))
+        .max_by(|a, b| a.1.total_cmp(&b.1));
     let mut cert = super::certificate(p, files.dtype, &ranges, layers, out_err, unbounded_from);
     cert.end_to_end.kind = format!(
         "absolute, on the output at every x̃ column, over the program's input ranges and \
@@ -438,5 +466,13 @@ pub fn certify_model(p: &Program, files: &ModelFiles) -> Result<Certificate, Cer
         rounding::ASSUMPTIONS
     );
     cert.end_to_end.backward = None;
+    cert.end_to_end.per_layer = worst.map(|(layer, max)| super::report::PerLayerError {
+        max: super::ExtF64(max),
+        layer,
+        statement: "on every column whose values before each layer lie within the program's \
+                    ranges, each layer writes its operations' results on the values it reads \
+                    within its local_error (floating-point rounding included)"
+            .into(),
+    });
     Ok(cert)
 }
