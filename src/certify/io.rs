@@ -161,20 +161,26 @@ pub fn check_embedding(ctx: &Ctx) -> Result<Vec<RowState>, CertifyError> {
     Ok(row_input
         .iter()
         .map(|input| RowState {
-            content: match *input {
-                Some((bi, e)) => match ctx.p.input(bi) {
-                    Some(reg) => Content::Val {
-                        reg,
-                        elem: e,
-                        ver: None,
-                    },
-                    None => Content::Builtin(bi, e),
-                },
-                None => Content::Zero,
-            },
+            content: input_content(ctx, *input),
             err: 0.0,
         })
         .collect())
+}
+
+/// What a row holding `input` holds after the embedding: the program's input register (its
+/// embedding version), a built-in the program does not read, or 0.
+pub(crate) fn input_content(ctx: &Ctx, input: RowInput) -> Content {
+    match input {
+        Some((bi, e)) => match ctx.p.input(bi) {
+            Some(reg) => Content::Val {
+                reg,
+                elem: e,
+                ver: None,
+            },
+            None => Content::Builtin(bi, e),
+        },
+        None => Content::Zero,
+    }
 }
 
 /// A term of the read-out: the weight on row r, or the bias.

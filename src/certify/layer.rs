@@ -28,15 +28,7 @@ pub fn certify_layer(
                 .into(),
         ));
     }
-    let ops = attn_ops
-        .iter()
-        .map(|po| format!("attn: {}", ctx.op_label(po.op)))
-        .chain(
-            mlp_ops
-                .iter()
-                .map(|po| format!("mlp: {}", ctx.op_label(po.op))),
-        )
-        .collect();
+    let ops = op_labels(ctx, attn_ops, mlp_ops);
     let prep = attention_step(ctx, l, attn_ops, state)?;
     let mut cert = LayerCertificate {
         index: l,
@@ -51,6 +43,14 @@ pub fn certify_layer(
     };
     mlp_step(ctx, l, mlp_ops, prep, state, &mut cert)?;
     Ok(cert)
+}
+
+/// The operations of a layer as the certificate lists them: `attn: …`, then `mlp: …`.
+pub(crate) fn op_labels(ctx: &Ctx, attn_ops: &[PlacedOp], mlp_ops: &[PlacedOp]) -> Vec<String> {
+    let label = |part: &str, po: &PlacedOp| format!("{part}: {}", ctx.op_label(po.op));
+    let attn = attn_ops.iter().map(|po| label("attn", po));
+    attn.chain(mlp_ops.iter().map(|po| label("mlp", po)))
+        .collect()
 }
 
 /// An error for operations placed in a part the layer does not have.

@@ -435,6 +435,23 @@ fn aff(units: &mut Vec<Unit>, dst: Row, bias: &[f64], gates: &[Vec<(Row, f64)>])
     }
 }
 
+/// The `(hidden row, coefficient)` pairs of every element of an `aff` destination of `size`
+/// elements, in term then operand order, with `term_rows[i]` the first row of term i's register.
+pub(super) fn aff_rows(
+    p: &Program,
+    terms: &[crate::ir::AffTerm],
+    size: usize,
+    term_rows: &[Row],
+) -> Vec<Vec<(Row, f64)>> {
+    (0..size)
+        .map(|e| {
+            p.aff_coefficients(terms, e)
+                .map(|(ti, _, elem, c)| (term_rows[ti] + elem, c))
+                .collect()
+        })
+        .collect()
+}
+
 /// One block before it becomes weights: its heads and units, and the ops they serve.
 #[derive(Default)]
 struct BlockPlan<'a> {
@@ -504,13 +521,7 @@ fn plan_block<'a>(
                 bias,
             } => {
                 let term_rows: Vec<Row> = (0..terms.len()).map(read).collect();
-                let gates: Vec<Vec<(Row, f64)>> = (0..p.reg(*reg).shape.size())
-                    .map(|e| {
-                        p.aff_coefficients(terms, e)
-                            .map(|(ti, _, elem, c)| (term_rows[ti] + elem, c))
-                            .collect()
-                    })
-                    .collect();
+                let gates = aff_rows(p, terms, p.reg(*reg).shape.size(), &term_rows);
                 aff(&mut b.units, dst, bias, &gates);
                 b.mlp_ops.push((k, OpPart::Whole));
             }

@@ -23,8 +23,8 @@
 
 use super::alloc::{allocate, Allocation};
 use super::exact::{
-    build_layout, check_division_operands, embedding, ops_by_block, output_row, placed, row_bounds,
-    stats, Form,
+    aff_rows, build_layout, check_division_operands, embedding, ops_by_block, output_row, placed,
+    row_bounds, stats, Form,
 };
 use super::schedule::schedule;
 use super::{Compiled, DivReport, LowerError};
@@ -598,13 +598,7 @@ fn plan_blocks(
                     bias,
                 } => {
                     let term_rows: Vec<Row> = (0..terms.len()).map(read).collect();
-                    let gates: Vec<Vec<(Row, f64)>> = (0..p.reg(*reg).shape.size())
-                        .map(|e| {
-                            p.aff_coefficients(terms, e)
-                                .map(|(ti, _, elem, c)| (term_rows[ti] + elem, c))
-                                .collect()
-                        })
-                        .collect();
+                    let gates = aff_rows(p, terms, p.reg(*reg).shape.size(), &term_rows);
                     aff(&mut b.units, dst, bias, &gates);
                     b.mlp_ops.push((k, OpPart::Whole));
                 }

@@ -17,7 +17,9 @@ use super::bound::{add_up, mul_up};
 use super::coeffs::{compare, Coeffs};
 use super::error::{CertifyError, Part};
 use super::exact::Dy;
-use super::io::{derive_embedding, embedding_mismatch, expected_embedding, input_rows, EmbedTerm};
+use super::io::{
+    derive_embedding, embedding_mismatch, expected_embedding, input_content, input_rows, EmbedTerm,
+};
 use super::report::{LayerCertificate, Verdict};
 use super::state::{Code, Content, Ctx, RowState, Step};
 use super::{Certificate, ModelFiles};
@@ -133,17 +135,9 @@ fn check_embedding(ctx: &Ctx, paper: &PaperLayout) -> Result<Vec<RowState>, Cert
             |_| (),
             |m, _| embedding_mismatch(ctx, r, input, m),
         )?;
-        let content = match (code, input) {
-            (Some(code), _) => Content::Code(code),
-            (None, Some((bi, e))) => match ctx.p.input(bi) {
-                Some(reg) => Content::Val {
-                    reg,
-                    elem: e,
-                    ver: None,
-                },
-                None => Content::Builtin(bi, e),
-            },
-            (None, None) => Content::Zero,
+        let content = match code {
+            Some(code) => Content::Code(code),
+            None => input_content(ctx, input),
         };
         state.push(RowState { content, err: 0.0 });
     }
@@ -321,15 +315,7 @@ fn certify_layer(
         u,
     };
     let figures = mlp::check_mlp(ctx, l, &input, state, &mag)?;
-    let ops = attn_ops
-        .iter()
-        .map(|po| format!("attn: {}", ctx.op_label(po.op)))
-        .chain(
-            mlp_ops
-                .iter()
-                .map(|po| format!("mlp: {}", ctx.op_label(po.op))),
-        )
-        .collect();
+    let ops = super::layer::op_labels(ctx, attn_ops, mlp_ops);
     Ok(LayerCertificate {
         index: l,
         ops,
@@ -411,12 +397,10 @@ pub fn certify_model(p: &Program, files: &ModelFiles) -> Result<Certificate, Cer
         payloads.insert(op, (dc.payload_scale, dmax));
     }
     let start_state = check_embedding(&ctx, paper)?;
-    let mut state = start_state.clone();
-    let mut layers = Vec::with_capacity(cfg.layers.len());
-    let mut unbounded_from: Option<String> = None;
     let mut cache = scores::PatternCache::new();
-    for (l, placed) in placements.iter().enumerate() {
-        let cert = certify_layer(
+    let mut pass = |state: &mut Vec<RowState>, l: usize| {
+        let placed = &placements[l];
+        certify_layer(
             &ctx,
             Layer(l),
             paper,
@@ -424,36 +408,32 @@ pub fn certify_model(p: &Program, files: &ModelFiles) -> Result<Certificate, Cer
             placed,
             &payloads,
             &mut cache,
-            &mut state,
-        )?;
+            state,
+        )
+    };
+    let mut state = start_state.clone();
+    let mut layers = Vec::with_capacity(cfg.layers.len());
+    let mut unbounded_from: Option<String> = None;
+    for l in 0..placements.len() {
+        let cert = pass(&mut state, l)?;
         if unbounded_from.is_none() && state.iter().any(|r| !r.err.is_finite()) {
             unbounded_from = Some(format!("layer {l} ({})", cert.ops.join("; ")));
         }
         layers.push(cert);
     }
-    let out_err = super::io::check_readout(&ctx, &state)?;
     // The local pass: each layer again, on inputs that are the program's values (errors reset
     // to 0 on every row holding a program value; cleared and stale rows keep their bounds), so
     // its bound is what the layer adds on its own.
     let mut local = start_state;
-    for (l, placed) in placements.iter().enumerate() {
+    for (l, layer) in layers.iter_mut().enumerate() {
         for st in local.iter_mut() {
             if matches!(st.content, Content::Val { .. }) {
                 st.err = 0.0;
             }
         }
-        let cert = certify_layer(
-            &ctx,
-            Layer(l),
-            paper,
-            k,
-            placed,
-            &payloads,
-            &mut cache,
-            &mut local,
-        )?;
-        layers[l].local_error = cert.error_after;
+        layer.local_error = pass(&mut local, l)?.error_after;
     }
+    let out_err = super::io::check_readout(&ctx, &state)?;
     let worst = layers
         .iter()
         .filter_map(|c| c.local_error.map(|e| (c.index, e.0)))
