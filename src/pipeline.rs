@@ -448,6 +448,25 @@ pub fn summary(o: &Outcome, dir: &Path) -> String {
             worst.relative_error
         );
     }
+    if let Some(pp) = &o.compiled.layout.paper {
+        let eps = pp.products.iter().flat_map(|x| x.scales).map(f64::log2);
+        let (lo, hi) = eps.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), e| {
+            (a.min(e), b.max(e))
+        });
+        let scales = if lo.is_finite() {
+            format!(", product scales ε in [2^{lo}, 2^{hi}]")
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "  paper constants: attention N = {} (codes t/{}), LayerNorm bypass N_ln = {:.3e} (gain 2^{}){scales}",
+            pp.attention_scale,
+            pp.code_scale,
+            pp.bypass_scale,
+            pp.bypass_gain.log2()
+        );
+    }
     let _ = writeln!(
         out,
         "  certificate: {}; {}",
