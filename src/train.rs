@@ -70,6 +70,8 @@ pub enum TrainConfigError {
     MomentumFixedAndLearned,
     #[error("field `{field}`: must be a positive number, found {value}")]
     NotPositive { field: &'static str, value: f64 },
+    #[error("field `train.snapshots`: step {step} is past train.steps = {steps}")]
+    SnapshotPastEnd { step: usize, steps: usize },
 }
 
 fn io_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
@@ -192,6 +194,12 @@ pub struct OptimConfig {
     pub log_every: usize,
     #[serde(default = "default_dtype")]
     pub dtype: DType,
+    /// Steps (0: the initial weights) whose model directory is kept in
+    /// `OUT/snapshots/step-XXXXXXXX/` (`config.json`, `model.safetensors`), each at most
+    /// `steps`; checkpoints replace each other, snapshots stay. Left out of `train.toml` when
+    /// empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<usize>,
 }
 
 fn default_b1() -> f64 {
@@ -323,6 +331,12 @@ impl TrainConfig {
             return Err(E::NotPositive {
                 field: "train.adam_eps",
                 value: o.adam_eps,
+            });
+        }
+        if let Some(&step) = o.snapshots.iter().find(|&&s| s > o.steps) {
+            return Err(E::SnapshotPastEnd {
+                step,
+                steps: o.steps,
             });
         }
         Ok(())
@@ -888,6 +902,20 @@ fn ckpt_dir(out: &Path, step: usize) -> PathBuf {
     out.join("checkpoints").join(format!("step-{step:08}"))
 }
 
+/// The model directory a run keeps for step `step` of `train.snapshots`.
+pub fn snapshot_dir(out: &Path, step: usize) -> PathBuf {
+    out.join("snapshots").join(format!("step-{step:08}"))
+}
+
+/// Write the model directory of `step` when `train.snapshots` lists it. It is written before
+/// any checkpoint of the same step, so a resumed run has every snapshot up to its checkpoint.
+fn save_snapshot(out: &Path, cfg: &TrainConfig, model: &Transformer, step: usize) -> Result<()> {
+    if cfg.train.snapshots.contains(&step) {
+        model::save_model_dir(&snapshot_dir(out, step), &model.config, &model.to_named()?)?;
+    }
+    Ok(())
+}
+
 /// Write a complete checkpoint for `step`, then commit it by rewriting `checkpoint.json`, then
 /// drop older checkpoints and refresh the top-level model directory.
 fn save_checkpoint(
@@ -1166,6 +1194,7 @@ fn start_or_resume(cfg: &TrainConfig, opts: &TrainOptions) -> Result<(Transforme
             tensors::write_atomic(&saved_cfg, text.as_bytes())
                 .map_err(|e| io_err(&saved_cfg, e))?;
             let _ = std::fs::remove_file(out.join("metrics.jsonl"));
+            save_snapshot(out, cfg, &model, 0)?;
             save_checkpoint(out, cfg, &model, &opt, 0)?;
             (model, opt, 0)
         }
@@ -1241,6 +1270,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             bar.set_message(format!("loss {lval:.4} (OLS {ols:.4}) {sps:.1} steps/s"));
         }
         bar.set_position(done as u64);
+        save_snapshot(out, cfg, &model, done)?;
         // `stop_after` does not checkpoint at its stop: it behaves like a kill, so a resume
         // replays the steps since the last checkpoint.
         if done % o.checkpoint_every == 0 || done == o.steps {

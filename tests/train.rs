@@ -146,6 +146,54 @@ fn checkpoint_round_trip_and_resume_is_bit_identical() {
 }
 
 #[test]
+fn snapshots_are_kept_through_a_resume_and_equal_the_uninterrupted_runs() {
+    let cfg = small_config(&[
+        "train.steps=12",
+        "train.checkpoint_every=4",
+        "train.snapshots=[0, 3, 12]",
+    ]);
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    train::train(&cfg, &opts(a.path(), false, None)).unwrap();
+    train::train(&cfg, &opts(b.path(), false, Some(6))).unwrap();
+    train::train(&cfg, &opts(b.path(), true, None)).unwrap();
+    for step in [0, 3, 12] {
+        let f = train::snapshot_dir(Path::new(""), step).join("model.safetensors");
+        let x = std::fs::read(a.path().join(&f)).unwrap();
+        assert!(x == std::fs::read(b.path().join(&f)).unwrap(), "{f:?}");
+    }
+    // Step 0 is the initial weights, the last step the final ones; no other step is kept.
+    let init = train::init_params(&cfg.model_config(), cfg.train.seed);
+    let s0 = Transformer::load(&train::snapshot_dir(a.path(), 0), &Device::Cpu, None).unwrap();
+    let expect = Transformer::from_named(
+        cfg.model_config(),
+        &init,
+        &Device::Cpu,
+        cfg.model_config().dtype,
+        false,
+    )
+    .unwrap();
+    assert_eq!(s0.to_named().unwrap(), expect.to_named().unwrap());
+    let last = std::fs::read(train::snapshot_dir(a.path(), 12).join("model.safetensors")).unwrap();
+    assert!(last == std::fs::read(a.path().join("model.safetensors")).unwrap());
+    let kept = std::fs::read_dir(a.path().join("snapshots"))
+        .unwrap()
+        .count();
+    assert_eq!(kept, 3);
+    // The list is part of the config (train.toml) and checked against train.steps.
+    let saved = train::load_config(&a.path().join("train.toml"), &[]).unwrap();
+    assert_eq!(saved.train.snapshots, vec![0, 3, 12]);
+    let e = train::parse_config(
+        &toml::to_string(&cfg).unwrap(),
+        "x.toml",
+        &["train.snapshots=[0, 13]".to_string()],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("train.snapshots") && e.contains("13"), "{e}");
+}
+
+#[test]
 fn non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint() {
     // An absurd learning rate without clipping drives the weights to inf/NaN within a few steps.
     let cfg = small_config(&[

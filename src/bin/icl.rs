@@ -1,7 +1,7 @@
 //! `icl`: train transformers on in-context regression and evaluate any model directory.
 //!
 //! Subcommands: `train CONFIG.toml`, `prompts`, `compare LEARNER…`, `eval MODEL_DIR`,
-//! `experiment noise|sweep|momentum CONFIG`, `probe MODEL_DIR…`, `check MODEL_DIR`,
+//! `experiment noise|sweep|momentum|from-compiled CONFIG`, `probe MODEL_DIR…`, `check MODEL_DIR`,
 //! `dual MODEL_DIR`, `implicit LEARNER…`, `finetune-vs-icl MODEL_DIR`.
 
 use anyhow::{Context, Result};
@@ -47,8 +47,9 @@ enum Command {
     /// Shortcut: `compare MODEL_DIR ols ridge:λ zero`.
     Eval(EvalArgs),
     /// The paper's experiments: `noise CONFIG` (the σ/τ table, Fig. 2), `sweep CONFIG` (depth and
-    /// width, Fig. 3), `momentum CONFIG` (momentum attention, Dai et al. 2023). Finished runs are
-    /// reused; an interrupted experiment resumes.
+    /// width, Fig. 3), `momentum CONFIG` (momentum attention, Dai et al. 2023), `from-compiled
+    /// CONFIG` (training from compiled weights). Finished runs are reused; an interrupted
+    /// experiment resumes.
     Experiment(ExperimentArgs),
     /// Re-certify a compiled model directory from its files alone (exit 1 naming the layer and
     /// the operation when a layer does not do what its operation says).
@@ -274,12 +275,16 @@ enum ExperimentKind {
     Sweep,
     /// Momentum attention (Dai et al. 2023, §3): arms × paired seeds (configs/momentum.toml).
     Momentum,
+    /// Training from compiled weights: compile a program to the paper target, train from it
+    /// at each learning rate, evaluate the kept steps (configs/from_compiled.toml).
+    FromCompiled,
 }
 
 #[derive(Args)]
 struct ExperimentArgs {
     kind: ExperimentKind,
-    /// The experiment file (TOML; see configs/noise.toml, configs/sweep.toml, configs/momentum.toml).
+    /// The experiment file (TOML; see configs/noise.toml, configs/sweep.toml, configs/momentum.toml,
+    /// configs/from_compiled.toml).
     config: PathBuf,
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
@@ -636,6 +641,18 @@ fn cmd_experiment(a: ExperimentArgs) -> Result<()> {
                 serde_json::to_string_pretty(&m)?,
                 m.table(),
                 ("momentum", fig),
+            )
+        }
+        ExperimentKind::FromCompiled => {
+            let r = icl::analysis::experiment::from_compiled::run(&a.config, &opts)?;
+            eprintln!(
+                "trained for {:.1} s, evaluated for {:.1} s",
+                r.train_seconds, r.eval_seconds
+            );
+            (
+                serde_json::to_string_pretty(&r)?,
+                r.table(),
+                ("from-compiled", r.figure()),
             )
         }
     };

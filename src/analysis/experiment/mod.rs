@@ -1,9 +1,11 @@
 //! Experiment drivers over training configs (docs/ANALYSIS.md, "Experiments"): the noise table
-//! (paper Fig. 2), the depth/width sweep (Fig. 3) and momentum attention (Dai et al. 2023, §3;
-//! docs/ANALYSIS.md, "Momentum attention"). Each setting is a training run in its own
+//! (paper Fig. 2), the depth/width sweep (Fig. 3), momentum attention (Dai et al. 2023, §3;
+//! docs/ANALYSIS.md, "Momentum attention") and training from compiled weights
+//! (docs/ANALYSIS.md, "Training from compiled weights"). Each setting is a training run in its own
 //! folder under the experiment's `out`; a finished run is reused, an interrupted one resumed, and
 //! a folder holding a run of another config is an error (never silently replaced).
 
+pub mod from_compiled;
 pub mod momentum;
 pub mod noise;
 pub mod sweep;
