@@ -5,20 +5,20 @@
 use super::coeffs::{compare, Coeffs, Mismatch};
 use super::error::{CertifyError, Part};
 use super::exact::Dy;
-use super::state::{Content, Ctx, RowState};
+use super::state::{Code, Content, Ctx, RowState};
 use crate::ir::{Builtin, OpId, Shape};
 use crate::layout::Row;
 
 /// A term of one embedding row: the weight on token entry j (0 = y, 1+i = x[i]), or the
 /// constant (bias + position) at column t.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) enum EmbedTerm {
+enum EmbedTerm {
     Token(usize),
     Column(usize),
 }
 
 /// Which built-in input (and element) a row holds.
-pub(crate) type RowInput = Option<(Builtin, usize)>;
+type RowInput = Option<(Builtin, usize)>;
 
 /// The exact value of a built-in at column t for the position-dependent ones.
 fn builtin_position_value(b: Builtin, t: usize) -> Option<f64> {
@@ -31,7 +31,7 @@ fn builtin_position_value(b: Builtin, t: usize) -> Option<f64> {
 /// The input each row holds, from layout.json. A built-in the program does not read may be left
 /// out of the embedding (all-zero row): the row then holds 0 (and its range, unbounded for y
 /// and x, stays out of division bounds).
-pub(crate) fn input_rows(ctx: &Ctx) -> Result<Vec<RowInput>, CertifyError> {
+fn input_rows(ctx: &Ctx) -> Result<Vec<RowInput>, CertifyError> {
     let mut row_input: Vec<RowInput> = vec![None; ctx.width];
     for (name, rows) in &ctx.layout.inputs {
         let b = Builtin::from_name(name).expect("checked by place_registers");
@@ -65,7 +65,7 @@ pub(crate) fn input_rows(ctx: &Ctx) -> Result<Vec<RowInput>, CertifyError> {
 
 /// Per row, the embedding as the weights give it: token weights, and bias + position at every
 /// column (exact: the sum of two doubles as an exact dyadic sum).
-pub(crate) fn derive_embedding(ctx: &Ctx) -> Result<Vec<Coeffs<EmbedTerm>>, CertifyError> {
+fn derive_embedding(ctx: &Ctx) -> Result<Vec<Coeffs<EmbedTerm>>, CertifyError> {
     let e = &ctx.weights.embed;
     let bias = e.bias.exact_vec()?;
     let pos = ctx.weights.pos.sparse_cols()?;
@@ -87,7 +87,7 @@ pub(crate) fn derive_embedding(ctx: &Ctx) -> Result<Vec<Coeffs<EmbedTerm>>, Cert
 
 /// The embedding row of `input`: y and x by identity (weight 1 on their token entry), a
 /// position-dependent built-in's value at every column, else 0.
-pub(crate) fn expected_embedding(ctx: &Ctx, input: RowInput) -> Coeffs<EmbedTerm> {
+fn expected_embedding(ctx: &Ctx, input: RowInput) -> Coeffs<EmbedTerm> {
     let mut form = Coeffs::new();
     match input {
         Some((Builtin::Y, 0)) => {
@@ -106,7 +106,7 @@ pub(crate) fn expected_embedding(ctx: &Ctx, input: RowInput) -> Coeffs<EmbedTerm
 }
 
 /// The rejection of embedding row `r` (holding `input`) at its first differing term.
-pub(crate) fn embedding_mismatch(
+fn embedding_mismatch(
     ctx: &Ctx,
     r: usize,
     input: RowInput,
@@ -147,29 +147,49 @@ pub(crate) fn embedding_mismatch(
 /// The embedding and position table: y and x rows by identity, built-in rows with their exact
 /// values in every column, every other row 0. Returns the rows' contents after the embedding.
 pub fn check_embedding(ctx: &Ctx) -> Result<Vec<RowState>, CertifyError> {
+    check_embedding_with_codes(ctx, &[], 1)
+}
+
+/// [`check_embedding`] where the rows of `codes` (the paper target's position codes and bypass
+/// rows, code scale `scale`) hold their code's exact value in every column instead of 0.
+pub(crate) fn check_embedding_with_codes(
+    ctx: &Ctx,
+    codes: &[(Row, Code)],
+    scale: usize,
+) -> Result<Vec<RowState>, CertifyError> {
     let row_input = input_rows(ctx)?;
     let derived = derive_embedding(ctx)?;
+    let mut state = Vec::with_capacity(ctx.width);
     for (r, (form, &input)) in derived.iter().zip(&row_input).enumerate() {
-        let expected = expected_embedding(ctx, input);
+        let code = codes.iter().find(|(row, _)| row.index() == r).map(|x| x.1);
+        let expected: Coeffs<EmbedTerm> = match code {
+            Some(code) => (0..ctx.cols)
+                .map(|t| {
+                    let v = Dy::from_f64(code.value(t, scale)).expect("finite");
+                    (EmbedTerm::Column(t), v)
+                })
+                .filter(|(_, v)| !v.is_zero())
+                .collect(),
+            None => expected_embedding(ctx, input),
+        };
         compare(
             form,
             &expected,
             |_| (),
             |m, _| embedding_mismatch(ctx, r, input, m),
         )?;
+        let content = match code {
+            Some(code) => Content::Code(code),
+            None => input_content(ctx, input),
+        };
+        state.push(RowState { content, err: 0.0 });
     }
-    Ok(row_input
-        .iter()
-        .map(|input| RowState {
-            content: input_content(ctx, *input),
-            err: 0.0,
-        })
-        .collect())
+    Ok(state)
 }
 
 /// What a row holding `input` holds after the embedding: the program's input register (its
 /// embedding version), a built-in the program does not read, or 0.
-pub(crate) fn input_content(ctx: &Ctx, input: RowInput) -> Content {
+fn input_content(ctx: &Ctx, input: RowInput) -> Content {
     match input {
         Some((bi, e)) => match ctx.p.input(bi) {
             Some(reg) => Content::Val {

@@ -64,6 +64,51 @@ pub struct ModelFiles {
     pub layout: Layout,
 }
 
+/// What both targets' certification reads before the layers: the program checked, config.json
+/// and layout.json's header against it, the program's ranges, every register's rows and the
+/// stored tensors resolved through the schema.
+struct Inputs<'a> {
+    ranges: Ranges,
+    start: crate::ir::RegMap<crate::layout::Row>,
+    weights: crate::model::schema::Weights<weights::Stored<'a>>,
+}
+
+impl<'a> Inputs<'a> {
+    fn read(p: &Program, files: &'a ModelFiles) -> Result<Inputs<'a>, CertifyError> {
+        let cfg = &files.config;
+        crate::ir::validate(p).map_err(|e| {
+            CertifyError::new(Part::Files, format!("the program is malformed: {e}"))
+        })?;
+        structure::check_config(p, files)?;
+        let ranges = crate::ranges::analyze(p).map_err(|e| {
+            CertifyError::new(
+                Part::Files,
+                format!("the program's range analysis fails: {e}"),
+            )
+        })?;
+        let start = structure::place_registers(p, &files.layout, cfg.width)?;
+        let weights = weights::resolve(cfg, &files.tensors)?;
+        Ok(Inputs {
+            ranges,
+            start,
+            weights,
+        })
+    }
+    /// The context every check reads.
+    fn ctx<'b>(&'b self, p: &'b Program, files: &'b ModelFiles) -> Ctx<'b> {
+        Ctx {
+            p,
+            cfg: &files.config,
+            weights: &self.weights,
+            layout: &files.layout,
+            ranges: &self.ranges,
+            start: self.start.clone(),
+            cols: files.config.max_len,
+            width: files.config.width,
+        }
+    }
+}
+
 /// Certify a compiled model against its program. On success, the certificate (without the
 /// validation figures, which `icl-compile` measures).
 pub fn certify_model(p: &Program, files: &ModelFiles) -> Result<Certificate, CertifyError> {
@@ -71,27 +116,9 @@ pub fn certify_model(p: &Program, files: &ModelFiles) -> Result<Certificate, Cer
         return paper::certify_model(p, files);
     }
     let cfg = &files.config;
-    crate::ir::validate(p)
-        .map_err(|e| CertifyError::new(Part::Files, format!("the program is malformed: {e}")))?;
-    structure::check_config(p, files)?;
-    let ranges = crate::ranges::analyze(p).map_err(|e| {
-        CertifyError::new(
-            Part::Files,
-            format!("the program's range analysis fails: {e}"),
-        )
-    })?;
-    let start = structure::place_registers(p, &files.layout, cfg.width)?;
-    let weights = weights::resolve(cfg, &files.tensors)?;
-    let ctx = Ctx {
-        p,
-        cfg,
-        weights: &weights,
-        layout: &files.layout,
-        ranges: &ranges,
-        start,
-        cols: cfg.max_len,
-        width: cfg.width,
-    };
+    let inputs = Inputs::read(p, files)?;
+    let ctx = inputs.ctx(p, files);
+    let ranges = &inputs.ranges;
     let placements = structure::check_placements(&ctx)?;
     let mut state = io::check_embedding(&ctx)?;
     let mut layers = Vec::with_capacity(cfg.layers.len());
@@ -107,7 +134,7 @@ pub fn certify_model(p: &Program, files: &ModelFiles) -> Result<Certificate, Cer
     Ok(certificate(
         p,
         files.dtype,
-        &ranges,
+        ranges,
         layers,
         out_err,
         unbounded_from,

@@ -346,14 +346,14 @@ fn div_apply(units: &mut Vec<Unit>, num: Row, zero: Row, dst: Row, size: usize, 
 /// A `mul` operand as the MLP reads it: the first hidden row of its register, the register's
 /// shape, and whether the operand is transposed.
 #[derive(Debug, Clone, Copy)]
-struct MulOperand {
+pub(super) struct MulOperand {
     row: Row,
     reg: Shape,
     transposed: bool,
 }
 
 impl MulOperand {
-    fn of(p: &Program, o: crate::ir::Operand, row: Row) -> MulOperand {
+    pub(super) fn of(p: &Program, o: crate::ir::Operand, row: Row) -> MulOperand {
         MulOperand {
             row,
             reg: p.reg(o.reg).shape,
@@ -361,7 +361,7 @@ impl MulOperand {
         }
     }
     /// Shape of the operand after its transposition.
-    fn shape(self) -> Shape {
+    pub(super) fn shape(self) -> Shape {
         if self.transposed {
             self.reg.transposed()
         } else {
@@ -369,7 +369,7 @@ impl MulOperand {
         }
     }
     /// Hidden row of the operand's element (i, j).
-    fn row_of(self, i: usize, j: usize) -> Row {
+    pub(super) fn row_of(self, i: usize, j: usize) -> Row {
         self.row + operand_index(self.reg, self.transposed, i, j)
     }
 }
@@ -436,13 +436,14 @@ fn aff(units: &mut Vec<Unit>, dst: Row, bias: &[f64], gates: &[Vec<(Row, f64)>])
 }
 
 /// The `(hidden row, coefficient)` pairs of every element of an `aff` destination of `size`
-/// elements, in term then operand order, with `term_rows[i]` the first row of term i's register.
+/// elements, in term then operand order, with `read(i)` the first row of term i's register.
 pub(super) fn aff_rows(
     p: &Program,
     terms: &[crate::ir::AffTerm],
     size: usize,
-    term_rows: &[Row],
+    read: impl Fn(usize) -> Row,
 ) -> Vec<Vec<(Row, f64)>> {
+    let term_rows: Vec<Row> = (0..terms.len()).map(read).collect();
     (0..size)
         .map(|e| {
             p.aff_coefficients(terms, e)
@@ -520,8 +521,7 @@ fn plan_block<'a>(
                 terms,
                 bias,
             } => {
-                let term_rows: Vec<Row> = (0..terms.len()).map(read).collect();
-                let gates = aff_rows(p, terms, p.reg(*reg).shape.size(), &term_rows);
+                let gates = aff_rows(p, terms, p.reg(*reg).shape.size(), read);
                 aff(&mut b.units, dst, bias, &gates);
                 b.mlp_ops.push((k, OpPart::Whole));
             }

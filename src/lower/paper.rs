@@ -24,11 +24,11 @@
 use super::alloc::{allocate, Allocation};
 use super::exact::{
     aff_rows, build_layout, check_division_operands, embedding, ops_by_block, output_row, placed,
-    row_bounds, stats, Form,
+    row_bounds, stats, Form, MulOperand,
 };
 use super::schedule::schedule;
 use super::{Compiled, DivReport, LowerError};
-use crate::ir::{operand_index, OpId, OpKind, Pattern, Program, Shape};
+use crate::ir::{OpId, OpKind, Pattern, Program};
 use crate::layout::{
     CodeRows, Layer, LayerOps, OpPart, PaperLayout, PayloadClear, ProductScales, Row, RowNames,
 };
@@ -467,26 +467,11 @@ fn clear_payload(plan: &mut Plan, payload: [Row; 2]) {
     }
 }
 
-/// A `mul` operand: first row, register shape, transposition, and its input scale ε.
+/// A `mul` operand (the exact target's: rows, shape, transposition) and its input scale ε.
 #[derive(Clone, Copy)]
 struct Operand {
-    row: Row,
-    reg: Shape,
-    transposed: bool,
+    op: MulOperand,
     scale: f64,
-}
-
-impl Operand {
-    fn shape(self) -> Shape {
-        if self.transposed {
-            self.reg.transposed()
-        } else {
-            self.reg
-        }
-    }
-    fn row_of(self, i: usize, j: usize) -> Row {
-        self.row + operand_index(self.reg, self.transposed, i, j)
-    }
 }
 
 /// **mul `dst ← A·B`** by GeLU triples (Lemma 4): for every term A_ij·B_jk, units
@@ -496,13 +481,13 @@ impl Operand {
 /// Units g(ε_a A_ij) are shared by every k (and across ops reading the same row at the same
 /// scale). A pair on −dst makes the write an overwrite.
 fn mul(units: &mut Units, a: Operand, b: Operand, dst: Row) {
-    let (sa, sb) = (a.shape(), b.shape());
+    let (sa, sb) = (a.op.shape(), b.op.shape());
     let w = (std::f64::consts::PI / 2.0).sqrt() / (a.scale * b.scale);
     for i in 0..sa.rows {
         for c in 0..sb.cols {
             let out = dst + i * sb.cols + c;
             for j in 0..sa.cols {
-                let (ra, rb) = (a.row_of(i, j), b.row_of(j, c));
+                let (ra, rb) = (a.op.row_of(i, j), b.op.row_of(j, c));
                 let mut both = Form::one(ra, a.scale);
                 both.add(rb, b.scale);
                 let s = units.unit(both, 0.0, false);
@@ -578,15 +563,11 @@ fn plan_blocks(
                 OpKind::Mul { a, b: bo, .. } => {
                     let [ea, eb] = consts.products[&k];
                     let oa = Operand {
-                        row: read(0),
-                        reg: p.reg(a.reg).shape,
-                        transposed: a.transposed,
+                        op: MulOperand::of(p, *a, read(0)),
                         scale: ea,
                     };
                     let ob = Operand {
-                        row: read(1),
-                        reg: p.reg(bo.reg).shape,
-                        transposed: bo.transposed,
+                        op: MulOperand::of(p, *bo, read(1)),
                         scale: eb,
                     };
                     mul(&mut b.units, oa, ob, dst);
@@ -597,8 +578,7 @@ fn plan_blocks(
                     terms,
                     bias,
                 } => {
-                    let term_rows: Vec<Row> = (0..terms.len()).map(read).collect();
-                    let gates = aff_rows(p, terms, p.reg(*reg).shape.size(), &term_rows);
+                    let gates = aff_rows(p, terms, p.reg(*reg).shape.size(), read);
                     aff(&mut b.units, dst, bias, &gates);
                     b.mlp_ops.push((k, OpPart::Whole));
                 }

@@ -14,12 +14,10 @@ pub mod rounding;
 pub mod scores;
 
 use super::bound::{add_up, mul_up};
-use super::coeffs::{compare, Coeffs};
+use super::coeffs::Coeffs;
 use super::error::{CertifyError, Part};
 use super::exact::Dy;
-use super::io::{
-    derive_embedding, embedding_mismatch, expected_embedding, input_content, input_rows, EmbedTerm,
-};
+use super::io::check_embedding_with_codes;
 use super::report::{LayerCertificate, Verdict};
 use super::state::{Code, Content, Ctx, RowState, Step};
 use super::{Certificate, ModelFiles};
@@ -104,8 +102,6 @@ fn check_blocks(ctx: &Ctx) -> Result<(), CertifyError> {
 /// The embedding: inputs as in the exact target, the code rows with their values at every
 /// column, the bypass rows ±N, everything else 0. Returns the state after it.
 fn check_embedding(ctx: &Ctx, paper: &PaperLayout) -> Result<Vec<RowState>, CertifyError> {
-    let row_input = input_rows(ctx)?;
-    let derived = derive_embedding(ctx)?;
     let c = &paper.codes;
     let n = paper.bypass_scale;
     let codes = [
@@ -116,32 +112,7 @@ fn check_embedding(ctx: &Ctx, paper: &PaperLayout) -> Result<Vec<RowState>, Cert
         (paper.bypass[0], Code::Bypass(n)),
         (paper.bypass[1], Code::Bypass(-n)),
     ];
-    let mut state = Vec::with_capacity(ctx.width);
-    for (r, (form, &input)) in derived.iter().zip(&row_input).enumerate() {
-        let code = codes.iter().find(|(row, _)| row.index() == r).map(|x| x.1);
-        let expected: Coeffs<EmbedTerm> = match code {
-            Some(code) => (0..ctx.cols)
-                .map(|t| {
-                    let v = Dy::from_f64(code.value(t, paper.code_scale)).expect("finite");
-                    (EmbedTerm::Column(t), v)
-                })
-                .filter(|(_, v)| !v.is_zero())
-                .collect(),
-            None => expected_embedding(ctx, input),
-        };
-        compare(
-            form,
-            &expected,
-            |_| (),
-            |m, _| embedding_mismatch(ctx, r, input, m),
-        )?;
-        let content = match code {
-            Some(code) => Content::Code(code),
-            None => input_content(ctx, input),
-        };
-        state.push(RowState { content, err: 0.0 });
-    }
-    Ok(state)
+    check_embedding_with_codes(ctx, &codes, paper.code_scale)
 }
 
 /// Payload scale and largest |den| of every division, for the magnitude of payload rows.
@@ -350,27 +321,9 @@ fn gain_of(ctx: &Ctx, l: Layer, scale: f64, k: usize) -> Result<Dy, CertifyError
 /// Certify a `paper`-target model against its program (see the module comment).
 pub fn certify_model(p: &Program, files: &ModelFiles) -> Result<Certificate, CertifyError> {
     let cfg = &files.config;
-    crate::ir::validate(p)
-        .map_err(|e| CertifyError::new(Part::Files, format!("the program is malformed: {e}")))?;
-    super::structure::check_config(p, files)?;
-    let ranges = crate::ranges::analyze(p).map_err(|e| {
-        CertifyError::new(
-            Part::Files,
-            format!("the program's range analysis fails: {e}"),
-        )
-    })?;
-    let start = super::structure::place_registers(p, &files.layout, cfg.width)?;
-    let weights = super::weights::resolve(cfg, &files.tensors)?;
-    let ctx = Ctx {
-        p,
-        cfg,
-        weights: &weights,
-        layout: &files.layout,
-        ranges: &ranges,
-        start,
-        cols: cfg.max_len,
-        width: cfg.width,
-    };
+    let inputs = super::Inputs::read(p, files)?;
+    let ctx = inputs.ctx(p, files);
+    let ranges = &inputs.ranges;
     let (paper, k) = check_paper_layout(&ctx)?;
     check_blocks(&ctx)?;
     let placements = super::structure::check_placements(&ctx)?;
@@ -438,7 +391,7 @@ pub fn certify_model(p: &Program, files: &ModelFiles) -> Result<Certificate, Cer
         .iter()
         .filter_map(|c| c.local_error.map(|e| (c.index, e.0)))
         .max_by(|a, b| a.1.total_cmp(&b.1));
-    let mut cert = super::certificate(p, files.dtype, &ranges, layers, out_err, unbounded_from);
+    let mut cert = super::certificate(p, files.dtype, ranges, layers, out_err, unbounded_from);
     cert.end_to_end.kind = format!(
         "absolute, on the output at every x̃ column, over the program's input ranges and \
          assumptions, including the floating-point rounding of the forward pass in {} ({})",
