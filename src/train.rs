@@ -22,6 +22,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 mod checkpoint;
+pub mod fused;
 mod init;
 
 use checkpoint::{ckpt_dir, load_checkpoint, save_checkpoint, save_snapshot, truncate_metrics};
@@ -50,6 +51,12 @@ pub enum TrainError {
     /// `--init DIR` (`[init] dir`) cannot start this run from that directory.
     #[error("--init {dir}: {msg}")]
     Init { dir: String, msg: String },
+    /// `--engine fused` on a model the fused step does not cover (the reason).
+    #[error("--engine fused: {0}; use --engine auto or candle")]
+    Engine(String),
+    /// A broken invariant of this crate (a bug, not a user error).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 pub type Result<T> = std::result::Result<T, TrainError>;
@@ -537,6 +544,9 @@ pub struct AdamW {
     pub v: std::collections::BTreeMap<String, Tensor>,
     /// Number of updates applied so far.
     pub t: usize,
+    /// The fused step's buffers, reused from one step to the next (not optimizer state: never
+    /// saved, rebuilt on first use).
+    pub scratch: fused::Scratch,
 }
 
 impl AdamW {
@@ -547,7 +557,12 @@ impl AdamW {
             m.insert(name.clone(), p.zeros_like()?);
             v.insert(name.clone(), p.zeros_like()?);
         }
-        Ok(AdamW { m, v, t: 0 })
+        Ok(AdamW {
+            m,
+            v,
+            t: 0,
+            scratch: fused::Scratch::default(),
+        })
     }
 
     /// One update with learning rate `lr`; gradients already clipped.
@@ -595,6 +610,7 @@ pub struct TrainOptions {
     pub stop_after: Option<usize>,
     pub progress: bool,
     pub device: Device,
+    pub engine: Engine,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -659,26 +675,54 @@ pub enum StepOutcome {
     NonFinite(f64),
 }
 
+/// Which implementation runs a training step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Engine {
+    /// The fused CPU step ([`fused`]) where it covers the model, else Candle's autograd.
+    #[default]
+    Auto,
+    /// The fused CPU step; an error naming the reason where it does not cover the model.
+    Fused,
+    /// Candle's forward and autograd (the reference: every model, every device).
+    Candle,
+}
+
 /// One training step (0-based `step`): sample the step's batch, forward, MSE on every x̃ column,
-/// backward, global-norm clipping, AdamW update with the scheduled learning rate.
+/// backward, global-norm clipping, AdamW update with the scheduled learning rate; on the
+/// [`Engine::Auto`] path.
 pub fn train_step(
     cfg: &TrainConfig,
     model: &Transformer,
     opt: &mut AdamW,
     step: usize,
 ) -> Result<StepOutcome> {
+    train_step_on(cfg, model, opt, step, Engine::Auto)
+}
+
+/// [`train_step`] on a chosen engine. Both compute the same step (`tests/fused.rs`).
+pub fn train_step_on(
+    cfg: &TrainConfig,
+    model: &Transformer,
+    opt: &mut AdamW,
+    step: usize,
+    engine: Engine,
+) -> Result<StepOutcome> {
     let o = &cfg.train;
     let prompts = cfg
         .distribution()
         .sample_batch(o.batch, batch_seed(o.seed, step));
-    let (tokens, ys, cols) = batch_tensors(&prompts, cfg.task.d, model.device(), model.dtype())?;
-    let pred = model.forward(&tokens)?.index_select(&cols, 1)?;
-    let loss = (pred - &ys)?.sqr()?.mean_all()?;
-    let lval = loss.to_dtype(CDType::F64)?.to_scalar::<f64>()?;
+    let lr = learning_rate(o, step);
+    match (engine, fused::unsupported(model)) {
+        (Engine::Auto | Engine::Fused, None) => {
+            return fused::train_step(cfg, model, opt, prompts, lr)
+        }
+        (Engine::Fused, Some(why)) => return Err(TrainError::Engine(why)),
+        _ => {}
+    }
+    let (lval, mut grads) = candle_loss_and_grads(model, &prompts)?;
     if !lval.is_finite() {
         return Ok(StepOutcome::NonFinite(lval));
     }
-    let mut grads = loss.backward()?;
     // Global-norm clipping: scale every gradient by min(1, clip / ‖g‖).
     if o.clip > 0.0 {
         let mut sq = 0.0;
@@ -701,11 +745,25 @@ pub fn train_step(
             }
         }
     }
-    opt.step(model, &grads, learning_rate(o, step), o)?;
+    opt.step(model, &grads, lr, o)?;
     Ok(StepOutcome::Done {
         loss: lval,
         prompts,
     })
+}
+
+/// The batch's MSE over the x̃ columns through Candle's forward, and its gradients by Candle's
+/// autograd (the reference the fused step is tested against).
+pub fn candle_loss_and_grads(
+    model: &Transformer,
+    prompts: &[Prompt],
+) -> Result<(f64, candle_core::backprop::GradStore)> {
+    let d = model.config.d;
+    let (tokens, ys, cols) = batch_tensors(prompts, d, model.device(), model.dtype())?;
+    let pred = model.forward(&tokens)?.index_select(&cols, 1)?;
+    let loss = (pred - &ys)?.sqr()?.mean_all()?;
+    let lval = loss.to_dtype(CDType::F64)?.to_scalar::<f64>()?;
+    Ok((lval, loss.backward()?))
 }
 
 /// Floating-point operations of one training step's matrix products, forward and backward (3×
@@ -825,7 +883,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let mut interval = (std::time::Instant::now(), start);
     let mut last_ckpt = start;
     for step in start..end {
-        let (lval, prompts) = match train_step(cfg, &model, &mut opt, step)? {
+        let (lval, prompts) = match train_step_on(cfg, &model, &mut opt, step, opts.engine)? {
             StepOutcome::Done { loss, prompts } => (loss, prompts),
             StepOutcome::NonFinite(lval) => {
                 bar.abandon();

@@ -29,6 +29,7 @@ fn opts(stop_after: Option<usize>) -> RunOptions {
         device: Device::Cpu,
         progress: false,
         stop_after,
+        engine: Default::default(),
     }
 }
 

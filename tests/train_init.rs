@@ -57,6 +57,7 @@ fn opts(out: &Path, resume: bool, stop_after: Option<usize>) -> TrainOptions {
         stop_after,
         progress: false,
         device: Device::Cpu,
+        engine: Default::default(),
     }
 }
 

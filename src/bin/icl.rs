@@ -158,6 +158,10 @@ struct TrainArgs {
     /// Stop after this many steps in total (checkpointing first), as if interrupted.
     #[arg(long, hide = true)]
     stop_after: Option<usize>,
+    /// Which implementation trains: `auto` (the fused CPU step where it covers the model, else
+    /// Candle's autograd), `fused` (an error where it does not), `candle` (the reference).
+    #[arg(long, value_enum, default_value = "auto")]
+    engine: train::Engine,
 }
 
 #[derive(Args)]
@@ -576,6 +580,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         stop_after: a.stop_after,
         progress,
         device,
+        engine: a.engine,
     };
     let s = train::train(&cfg, &opts)?;
     if let Some(init) = &cfg.init {
@@ -613,6 +618,7 @@ fn cmd_experiment(a: ExperimentArgs) -> Result<()> {
         device: parse_device(&a.device)?,
         progress: show_progress(),
         stop_after: a.stop_after,
+        engine: train::Engine::Auto,
     };
     let (json, table, figure) = match a.kind {
         ExperimentKind::Noise => {

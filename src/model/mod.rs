@@ -347,6 +347,11 @@ impl Transformer {
     pub fn varmap(&self) -> Option<&VarMap> {
         self.varmap.as_ref()
     }
+    /// Every parameter as the typed tree the forward pass reads.
+    pub fn weights(&self) -> &Weights<Tensor> {
+        &self.weights
+    }
+
     /// Parameters by name (for trainable models these are the variables' tensors).
     pub fn params(&self) -> &BTreeMap<String, Tensor> {
         &self.params

@@ -67,6 +67,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// Stop every run after this many steps (tests: an interrupted experiment).
     pub stop_after: Option<usize>,
+    /// Which implementation trains (`icl train --engine`).
+    pub engine: train::Engine,
 }
 
 /// The base config of an experiment with `--set`-style overrides (`base` relative to the
@@ -103,6 +105,7 @@ pub fn ensure_trained(run: &Run, opts: &RunOptions) -> anyhow::Result<RunStatus>
             stop_after: opts.stop_after,
             progress: opts.progress,
             device: opts.device.clone(),
+            engine: opts.engine,
         },
     )?;
     Ok(if resumed {

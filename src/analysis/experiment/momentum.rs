@@ -188,6 +188,7 @@ pub fn train_runs(runs: &[Run], opts: &RunOptions, jobs: usize) -> anyhow::Resul
         device: opts.device.clone(),
         progress: false,
         stop_after: opts.stop_after,
+        engine: opts.engine,
     };
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
