@@ -712,7 +712,7 @@ pub fn train_step_on(
         .distribution()
         .sample_batch(o.batch, batch_seed(o.seed, step));
     let lr = learning_rate(o, step);
-    match (engine, fused::unsupported(model)) {
+    match (engine, fused::unsupported(&model.config, model.device())) {
         (Engine::Auto | Engine::Fused, None) => {
             return fused::train_step(cfg, model, opt, prompts, lr)
         }
@@ -781,17 +781,24 @@ pub fn step_flops(cfg: &TrainConfig) -> f64 {
     6.0 * cfg.train.batch as f64 * t * m.layers as f64 * per_token_layer
 }
 
-/// Steps smaller than this run faster on one CPU thread than on two: Candle's per-operation
-/// thread hand-off costs more than it saves (`cargo bench --bench train` on 2 cores: tiny.toml
-/// 7.9 ms/step on one thread against 9.5 ms on two; the paper-shaped model 604 ms against 529).
+/// Steps smaller than this run faster on one CPU thread than on two on the Candle engine:
+/// Candle's per-operation thread hand-off costs more than it saves (`cargo bench --bench train`
+/// on 2 cores, Candle engine: tiny.toml 7.9 ms/step on one thread against 9.5 ms on two). The
+/// fused step runs whole on the pool and gains from a second thread even there (tiny.toml:
+/// 1.5 ms on two, 1.9 ms on one).
 pub const ONE_THREAD_BELOW_FLOPS: f64 = 1e9;
 
 /// The CPU threads a run should use when the user has not chosen (`RAYON_NUM_THREADS`): one for
-/// small steps, else None (all cores). Results do not depend on it: Candle's CPU kernels split
-/// work by output rows, never a sum (a 300-step tiny run and a 40-step paper-shaped run gave
-/// byte-identical weights on one and on two threads).
-pub fn cpu_threads(cfg: &TrainConfig) -> Option<usize> {
-    (step_flops(cfg) < ONE_THREAD_BELOW_FLOPS).then_some(1)
+/// small steps on the Candle engine, else None (all cores). Results do not depend on it:
+/// Candle's CPU kernels split work by output rows, never a sum, and so does the fused step
+/// (`tests/fused.rs` checks one against two threads bit for bit).
+pub fn cpu_threads(cfg: &TrainConfig, engine: Engine) -> Option<usize> {
+    let fused = match engine {
+        Engine::Candle => false,
+        Engine::Fused => true,
+        Engine::Auto => fused::unsupported(&cfg.model_config(), &Device::Cpu).is_none(),
+    };
+    (!fused && step_flops(cfg) < ONE_THREAD_BELOW_FLOPS).then_some(1)
 }
 
 /// A fresh trainable model and optimizer for a config: the weights of `init.dir` when the

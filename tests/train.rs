@@ -402,12 +402,23 @@ fn compare_with_zero(
     compare::compare(&learners, &set, "test", &copts).unwrap()
 }
 
-/// Small steps go to one CPU thread, large ones to all cores (src/train.rs, cpu_threads).
+/// Small steps on the Candle engine go to one CPU thread; large ones, and every step of the
+/// fused engine, to all cores (src/train.rs, cpu_threads).
 #[test]
-fn thread_choice_follows_the_work_per_step() {
+fn thread_choice_follows_the_work_per_step_and_the_engine() {
+    use train::Engine;
     let root = env!("CARGO_MANIFEST_DIR");
     let tiny = train::load_config(Path::new(&format!("{root}/configs/tiny.toml")), &[]).unwrap();
-    assert_eq!(train::cpu_threads(&tiny), Some(1));
+    assert_eq!(train::cpu_threads(&tiny, Engine::Candle), Some(1));
+    assert_eq!(train::cpu_threads(&tiny, Engine::Auto), None);
+    assert_eq!(train::cpu_threads(&tiny, Engine::Fused), None);
+    // Momentum attention: Auto takes the Candle path.
+    let momentum = train::load_config(
+        Path::new(&format!("{root}/configs/tiny.toml")),
+        &["model.momentum_eta=0.5".to_string()],
+    )
+    .unwrap();
+    assert_eq!(train::cpu_threads(&momentum, Engine::Auto), Some(1));
     let sets: Vec<String> = ["model.layers=4", "model.width=128", "model.mlp_hidden=512"]
         .iter()
         .map(|s| s.to_string())
@@ -417,5 +428,7 @@ fn thread_choice_follows_the_work_per_step() {
     // The profile counted 27 GFLOP of matmuls in this step.
     let flops = train::step_flops(&small);
     assert!((flops / 27e9 - 1.0).abs() < 0.1, "{flops}");
-    assert_eq!(train::cpu_threads(&small), None);
+    for engine in [Engine::Auto, Engine::Candle] {
+        assert_eq!(train::cpu_threads(&small, engine), None);
+    }
 }

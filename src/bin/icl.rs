@@ -570,7 +570,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         train::load_config_init(&a.config, &a.sets, a.init.as_deref())?
     };
     // A small model runs faster on one thread (src/train.rs, cpu_threads).
-    if let (true, Some(n)) = (device.is_cpu(), train::cpu_threads(&cfg)) {
+    if let (true, Some(n)) = (device.is_cpu(), train::cpu_threads(&cfg, a.engine)) {
         threads_unless_chosen(n);
     }
     let progress = show_progress();

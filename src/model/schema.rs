@@ -103,6 +103,10 @@ impl<T> Linear<T> {
         f(&self.weight);
         f(&self.bias);
     }
+    fn visit_mut<'a>(&'a mut self, f: &mut impl FnMut(&'a mut T)) {
+        f(&mut self.weight);
+        f(&mut self.bias);
+    }
     fn into_each(self, f: &mut impl FnMut(T)) {
         f(self.weight);
         f(self.bias);
@@ -119,6 +123,10 @@ impl<T> Norm<T> {
     fn visit<'a>(&'a self, f: &mut impl FnMut(&'a T)) {
         f(&self.weight);
         f(&self.bias);
+    }
+    fn visit_mut<'a>(&'a mut self, f: &mut impl FnMut(&'a mut T)) {
+        f(&mut self.weight);
+        f(&mut self.bias);
     }
     fn into_each(self, f: &mut impl FnMut(T)) {
         f(self.weight);
@@ -149,6 +157,18 @@ impl<T> Attention<T> {
         self.bias.iter().for_each(&mut *f);
         self.momentum_logit.iter().for_each(f);
     }
+    fn visit_mut<'a>(&'a mut self, f: &mut impl FnMut(&'a mut T)) {
+        if let Some(q) = &mut self.q {
+            q.visit_mut(f);
+        }
+        if let Some(k) = &mut self.k {
+            k.visit_mut(f);
+        }
+        self.v.visit_mut(f);
+        self.o.visit_mut(f);
+        self.bias.iter_mut().for_each(&mut *f);
+        self.momentum_logit.iter_mut().for_each(f);
+    }
     fn into_each(self, f: &mut impl FnMut(T)) {
         if let Some(q) = self.q {
             q.into_each(f);
@@ -177,6 +197,13 @@ impl<T> Mlp<T> {
         }
         self.up.visit(f);
         self.down.visit(f);
+    }
+    fn visit_mut<'a>(&'a mut self, f: &mut impl FnMut(&'a mut T)) {
+        if let Some(g) = &mut self.gate {
+            g.visit_mut(f);
+        }
+        self.up.visit_mut(f);
+        self.down.visit_mut(f);
     }
     fn into_each(self, f: &mut impl FnMut(T)) {
         if let Some(g) = self.gate {
@@ -208,6 +235,20 @@ impl<T> Block<T> {
         }
         if let Some(m) = &self.mlp {
             m.visit(f);
+        }
+    }
+    fn visit_mut<'a>(&'a mut self, f: &mut impl FnMut(&'a mut T)) {
+        if let Some(n) = &mut self.attn_norm {
+            n.visit_mut(f);
+        }
+        if let Some(a) = &mut self.attn {
+            a.visit_mut(f);
+        }
+        if let Some(n) = &mut self.norm {
+            n.visit_mut(f);
+        }
+        if let Some(m) = &mut self.mlp {
+            m.visit_mut(f);
         }
     }
     fn into_each(self, f: &mut impl FnMut(T)) {
@@ -287,6 +328,22 @@ impl<T> Weights<T> {
     pub fn leaves(&self) -> Vec<&T> {
         let mut out = Vec::new();
         self.visit(|t| out.push(t));
+        out
+    }
+
+    /// The leaves, mutably, in [`Self::visit`] order.
+    pub fn leaves_mut(&mut self) -> Vec<&mut T> {
+        let mut out = Vec::new();
+        let f = &mut |t| out.push(t);
+        self.embed.visit_mut(f);
+        f(&mut self.pos);
+        for b in &mut self.layers {
+            b.visit_mut(f);
+        }
+        if let Some(n) = &mut self.final_norm {
+            n.visit_mut(f);
+        }
+        self.readout.visit_mut(f);
         out
     }
 }

@@ -65,7 +65,10 @@ pub fn forward<T: Real>(s: Shape, q: &[T], k: &[T], v: &[T], p: &mut [T], out: &
                     kh.transpose(),
                     scale,
                 );
-                simd(|| causal_softmax(p, t, s.null_key));
+                simd(
+                    #[inline(always)]
+                    || causal_softmax(p, t, s.null_key),
+                );
                 mm(
                     s.head_mut(out, h),
                     Accum::Replace,
@@ -145,7 +148,10 @@ pub fn backward<T: Real>(
                         dout_h,
                         one,
                     );
-                    simd(|| softmax_backward(ds, p, t));
+                    simd(
+                        #[inline(always)]
+                        || softmax_backward(ds, p, t),
+                    );
                     let dsm = ops::mat(ds, t, t);
                     mm(s.head_mut(dq, h), Accum::Replace, dsm, s.head(k, h), scale);
                     mm(

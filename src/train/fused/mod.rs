@@ -19,13 +19,14 @@
 
 pub mod attention;
 pub mod ops;
+mod storage;
 
 use super::{AdamW, OptimConfig, Result, StepOutcome, TrainConfig, TrainError};
 use crate::model::config::{Activation, MlpKind, ModelConfig};
 use crate::model::schema::{Linear, Norm, Weights};
 use crate::model::Transformer;
 use crate::prompt::Prompt;
-use candle_core::{DType as CDType, Tensor, WithDType};
+use candle_core::{DType as CDType, Device, WithDType};
 use faer::Accum;
 use ops::{Gelu, NormCache};
 
@@ -54,6 +55,8 @@ pub trait Real:
     fn exp_(self) -> Self;
     /// erf; f32: [`ops::erf_f32`] (vectorisable), f64: Candle's (the one its GeLU uses).
     fn erf_(self) -> Self;
+    /// The elements of a CPU storage of this dtype.
+    fn storage_mut(s: &mut candle_core::CpuStorage) -> Option<&mut Vec<Self>>;
 }
 
 impl Real for f32 {
@@ -77,6 +80,12 @@ impl Real for f32 {
     #[inline(always)]
     fn erf_(self) -> Self {
         ops::erf_f32(self)
+    }
+    fn storage_mut(s: &mut candle_core::CpuStorage) -> Option<&mut Vec<Self>> {
+        match s {
+            candle_core::CpuStorage::F32(v) => Some(v),
+            _ => None,
+        }
     }
 }
 
@@ -102,14 +111,19 @@ impl Real for f64 {
     fn erf_(self) -> Self {
         candle_core::cpu::erf::erf_f64(self)
     }
+    fn storage_mut(s: &mut candle_core::CpuStorage) -> Option<&mut Vec<Self>> {
+        match s {
+            candle_core::CpuStorage::F64(v) => Some(v),
+            _ => None,
+        }
+    }
 }
 
-/// Why the fused step cannot run this model on this device (None: it can).
-pub fn unsupported(model: &Transformer) -> Option<String> {
-    if !model.device().is_cpu() {
+/// Why the fused step cannot run a model of config `c` on `device` (None: it can).
+pub fn unsupported(c: &ModelConfig, device: &Device) -> Option<String> {
+    if !device.is_cpu() {
         return Some("the fused step runs on the CPU only".into());
     }
-    let c = &model.config;
     for (l, layer) in c.layers.iter().enumerate() {
         let why = match (&layer.attn, &layer.mlp, layer.norm) {
             (None, _, _) | (_, None, _) => "a layer without attention or MLP",
@@ -194,6 +208,9 @@ struct LayerCache<T> {
 /// Every buffer of the step, kept from one step to the next (sized on first use).
 #[derive(Default)]
 pub struct Buffers<T> {
+    /// The weights as this step reads them, and their gradients.
+    params: Option<Weights<Vec<T>>>,
+    grads: Option<Weights<Vec<T>>>,
     tokens: Vec<T>,
     h: Vec<T>,
     layers: Vec<LayerCache<T>>,
@@ -261,10 +278,12 @@ pub fn train_step(
     lr: f64,
 ) -> Result<StepOutcome> {
     let mut scratch = std::mem::take(&mut opt.scratch);
-    let out = match model.dtype() {
+    // The whole step on one of rayon's worker threads: its parallel loops then hand work to the
+    // other workers directly, instead of each one waking the pool from outside and waiting.
+    let out = rayon::scope(|_| match model.dtype() {
         CDType::F64 => step_in::<f64>(cfg, model, opt, scratch.f64(), prompts, lr),
         _ => step_in::<f32>(cfg, model, opt, scratch.f32(), prompts, lr),
-    };
+    });
     opt.scratch = scratch;
     out
 }
@@ -277,16 +296,35 @@ fn step_in<T: Real>(
     prompts: Vec<Prompt>,
     lr: f64,
 ) -> Result<StepOutcome> {
-    let params = model
-        .weights()
-        .try_map(|t| t.flatten_all()?.to_dtype(T::DTYPE)?.to_vec1::<T>())?;
-    let (loss, mut grads) = loss_and_grads(&model.config, &params, buf, &prompts)?;
-    if !loss.is_finite() {
-        return Ok(StepOutcome::NonFinite(loss));
-    }
-    clip(&mut grads, cfg.train.clip);
-    adamw(model, opt, params, grads, lr, &cfg.train)?;
-    Ok(StepOutcome::Done { loss, prompts })
+    let weights = model.weights();
+    let mut params = match buf.params.take() {
+        Some(p) => p,
+        None => weights.map(|_| Vec::new()),
+    };
+    let mut grads = match buf.grads.take() {
+        Some(g) => g,
+        None => params.map(|_| Vec::new()),
+    };
+    let mut status = Ok(());
+    let mut dst = params.leaves_mut().into_iter();
+    weights.visit(|t| {
+        if status.is_ok() {
+            status = storage::read_into(t, dst.next().expect("same tree"));
+        }
+    });
+    status?;
+    let loss = loss_and_grads_into(&model.config, &params, buf, &prompts, &mut grads);
+    let out = loss.and_then(|loss| {
+        if !loss.is_finite() {
+            return Ok(StepOutcome::NonFinite(loss));
+        }
+        clip(&mut grads, cfg.train.clip);
+        adamw(model, opt, &grads, lr, &cfg.train)?;
+        Ok(StepOutcome::Done { loss, prompts })
+    });
+    buf.params = Some(params);
+    buf.grads = Some(grads);
+    out
 }
 
 /// The batch's MSE over the x̃ columns and its gradient with respect to every parameter.
@@ -296,16 +334,33 @@ pub fn loss_and_grads<T: Real>(
     buf: &mut Buffers<T>,
     prompts: &[Prompt],
 ) -> Result<(f64, Weights<Vec<T>>)> {
+    let mut grads = w.map(|_| Vec::new());
+    let loss = loss_and_grads_into(c, w, buf, prompts, &mut grads)?;
+    Ok((loss, grads))
+}
+
+/// [`loss_and_grads`] into `grads` (a tree of the same shape; its vectors are resized and every
+/// element overwritten).
+fn loss_and_grads_into<T: Real>(
+    c: &ModelConfig,
+    w: &Weights<Vec<T>>,
+    buf: &mut Buffers<T>,
+    prompts: &[Prompt],
+    grads: &mut Weights<Vec<T>>,
+) -> Result<f64> {
     let dims = dims(c, prompts)?;
     load_tokens(buf, prompts, dims);
     forward(c, w, buf, dims)?;
-    let mut grads = w.map(|p| vec![T::zero_(); p.len()]);
-    let loss = readout_backward(w, &mut grads, buf, prompts, dims);
-    for l in (0..c.layers.len()).rev() {
-        layer_backward(c, w, &mut grads, buf, dims, l)?;
+    let mut sizes = w.leaves().into_iter().map(Vec::len);
+    for g in grads.leaves_mut() {
+        ops::resize(g, sizes.next().expect("same tree"));
     }
-    embed_backward(w, &mut grads, buf, dims);
-    Ok((loss, grads))
+    let loss = readout_backward(w, grads, buf, prompts, dims);
+    for l in (0..c.layers.len()).rev() {
+        layer_backward(c, w, grads, buf, dims, l)?;
+    }
+    embed_backward(w, grads, buf, dims);
+    Ok(loss)
 }
 
 fn dims(c: &ModelConfig, prompts: &[Prompt]) -> Result<Dims> {
@@ -659,7 +714,9 @@ fn embed_backward<T: Real>(
         &mut g.embed.bias,
         None,
     );
-    ops::column_sums(&mut g.pos[..d.t * d.width], &buf.dh);
+    let (used, unused) = g.pos.split_at_mut(d.t * d.width);
+    ops::column_sums(used, &buf.dh);
+    unused.fill(T::zero_());
 }
 
 /// Scale every gradient by `min(1, clip/‖g‖)` (the global L2 norm, summed in f64); `clip = 0`
@@ -673,17 +730,19 @@ fn clip<T: Real>(grads: &mut Weights<Vec<T>>, clip: f64) {
     let norm = sq.sqrt();
     if norm > clip {
         let scale = T::of(clip / norm);
-        *grads = grads.map(|g| g.iter().map(|&v| v * scale).collect());
+        for g in grads.leaves_mut() {
+            g.iter_mut().for_each(|v| *v *= scale);
+        }
     }
 }
 
-/// AdamW as [`AdamW::step`] does it, elementwise in place: moments, bias corrections, decoupled
-/// weight decay; the variables, the moments and the step count updated.
+/// AdamW as [`AdamW::step`] does it, elementwise: moments, bias corrections, decoupled weight
+/// decay, written in place into the moments' and the variables' storage; the step count
+/// advanced.
 fn adamw<T: Real>(
     model: &Transformer,
     opt: &mut AdamW,
-    params: Weights<Vec<T>>,
-    grads: Weights<Vec<T>>,
+    grads: &Weights<Vec<T>>,
     lr: f64,
     o: &OptimConfig,
 ) -> Result<()> {
@@ -698,35 +757,47 @@ fn adamw<T: Real>(
         T::of(lr),
     );
     let spec = Weights::spec(&model.config);
-    let mut params = spec.into_named(params);
-    let vars = model
-        .varmap()
-        .ok_or_else(|| TrainError::Internal("model is not trainable".into()))?;
-    let vars = vars.data().lock().expect("varmap lock");
-    for (name, g) in spec.into_named(grads) {
-        let var = vars
-            .get(&name)
-            .ok_or_else(|| TrainError::Internal(format!("no variable {name}")))?;
-        let shape = var.as_tensor().shape().clone();
-        let mut p = params
-            .remove(&name)
-            .ok_or_else(|| TrainError::Internal(format!("no parameter {name}")))?;
-        let read = |t: &Tensor| t.flatten_all()?.to_vec1::<T>();
-        let mut m = read(&opt.m[&name])?;
-        let mut v = read(&opt.v[&name])?;
-        ops::simd(|| {
-            for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(&g) {
-                *m = *m * b1 + g * c1;
-                *v = *v * b2 + g * g * c2;
-                let update = (*m / bc1) / ((*v / bc2).sqrt() + eps);
-                *p = *p * decay - update * lr_t;
-            }
-        });
-        let device = var.as_tensor().device().clone();
-        var.set(&Tensor::from_vec(p, &shape, &device)?)?;
-        opt.m
-            .insert(name.clone(), Tensor::from_vec(m, &shape, &device)?);
-        opt.v.insert(name, Tensor::from_vec(v, &shape, &device)?);
+    let names = spec.leaves();
+    let params = model.weights().leaves();
+    for ((spec, p), g) in names.iter().zip(params).zip(grads.leaves()) {
+        let missing = || TrainError::Internal(format!("no AdamW moment for {}", spec.name));
+        let m = opt.m.get(&spec.name).ok_or_else(missing)?;
+        let v = opt.v.get(&spec.name).ok_or_else(missing)?;
+        storage::update(m, |m: &mut [T]| {
+            ops::simd(
+                #[inline(always)]
+                || {
+                    for (m, &g) in m.iter_mut().zip(g) {
+                        *m = *m * b1 + g * c1;
+                    }
+                },
+            )
+        })?;
+        storage::update(v, |v: &mut [T]| {
+            ops::simd(
+                #[inline(always)]
+                || {
+                    for (v, &g) in v.iter_mut().zip(g) {
+                        *v = *v * b2 + g * g * c2;
+                    }
+                },
+            )
+        })?;
+        storage::with_slice(m, |m: &[T]| {
+            storage::with_slice(v, |v: &[T]| {
+                storage::update(p, |p: &mut [T]| {
+                    ops::simd(
+                        #[inline(always)]
+                        || {
+                            for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
+                                let update = (m / bc1) / ((v / bc2).sqrt() + eps);
+                                *p = *p * decay - update * lr_t;
+                            }
+                        },
+                    )
+                })
+            })
+        })???;
     }
     Ok(())
 }
