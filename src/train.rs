@@ -678,7 +678,7 @@ pub enum StepOutcome {
 /// Which implementation runs a training step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Engine {
-    /// The fused CPU step ([`fused`]) where it covers the model, else Candle's autograd.
+    /// The fused CPU step (src/train/fused/) where it covers the model, else Candle's autograd.
     #[default]
     Auto,
     /// The fused CPU step; an error naming the reason where it does not cover the model.

@@ -305,6 +305,9 @@ struct ExperimentArgs {
     /// Runs trained at the same time (momentum; with RAYON_NUM_THREADS=1, one per core).
     #[arg(long, default_value_t = 1)]
     jobs: usize,
+    /// Which implementation trains the runs (as `icl train --engine`).
+    #[arg(long, value_enum, default_value = "auto")]
+    engine: train::Engine,
 }
 
 #[derive(Args)]
@@ -618,7 +621,7 @@ fn cmd_experiment(a: ExperimentArgs) -> Result<()> {
         device: parse_device(&a.device)?,
         progress: show_progress(),
         stop_after: a.stop_after,
-        engine: train::Engine::Auto,
+        engine: a.engine,
     };
     let (json, table, figure) = match a.kind {
         ExperimentKind::Noise => {

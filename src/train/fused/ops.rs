@@ -8,6 +8,7 @@
 //! fixed order, so the results do not depend on the number of threads.
 
 use super::Real;
+use crate::model::schema::Linear;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
@@ -81,57 +82,48 @@ pub fn matmul_seq<T: Real>(
     faer::linalg::matmul::matmul(dst, accum, a, b, alpha, Par::Seq);
 }
 
-/// `y = x·Wᵀ + b` for `x` `[n, inp]`, `W` `[out, inp]` (as stored), `y` `[n, out]`.
-pub fn linear<T: Real>(y: &mut [T], x: &[T], w: &[T], b: &[T], n: usize, inp: usize) {
-    let out = b.len();
-    matmul(
-        mat_mut(y, n, out),
-        Accum::Replace,
-        mat(x, n, inp),
-        mat(w, out, inp).transpose(),
-    );
-    add_rows(y, b);
+/// The input and output sizes of a linear layer (`weight` is `[out, inp]`).
+fn sizes<T>(l: &Linear<Vec<T>>) -> (usize, usize) {
+    let out = l.bias.len();
+    (l.weight.len() / out.max(1), out)
 }
 
-/// `y += x·Wᵀ + b` (a residual branch's output added in place).
-pub fn linear_add<T: Real>(y: &mut [T], x: &[T], w: &[T], b: &[T], n: usize, inp: usize) {
-    let out = b.len();
+/// `y (=|+=) x·Wᵀ + b` for `x` `[n, inp]` and `y` `[n, out]` (`W` `[out, inp]` as stored).
+pub fn linear<T: Real>(y: &mut [T], accum: Accum, x: &[T], l: &Linear<Vec<T>>, n: usize) {
+    let (inp, out) = sizes(l);
     matmul(
         mat_mut(y, n, out),
-        Accum::Add,
+        accum,
         mat(x, n, inp),
-        mat(w, out, inp).transpose(),
+        mat(&l.weight, out, inp).transpose(),
     );
-    add_rows(y, b);
+    add_rows(y, &l.bias);
 }
 
 /// The gradients of `y = x·Wᵀ + b` given `dy` `[n, out]`: `dW = dyᵀ·x` and `db = Σ_rows dy`
-/// written, and `dx (=|+=) dy·W` when `dx` is wanted.
-#[allow(clippy::too_many_arguments)]
+/// written into `g`, and `dx (=|+=) dy·W` when `dx` is wanted.
 pub fn linear_backward<T: Real>(
     dy: &[T],
     x: &[T],
-    w: &[T],
     n: usize,
-    inp: usize,
-    dw: &mut [T],
-    db: &mut [T],
+    l: &Linear<Vec<T>>,
+    g: &mut Linear<Vec<T>>,
     dx: Option<(&mut [T], Accum)>,
 ) {
-    let out = db.len();
+    let (inp, out) = sizes(l);
     matmul(
-        mat_mut(dw, out, inp),
+        mat_mut(&mut g.weight, out, inp),
         Accum::Replace,
         mat(dy, n, out).transpose(),
         mat(x, n, inp),
     );
-    column_sums(db, dy);
+    column_sums(&mut g.bias, dy);
     if let Some((dx, accum)) = dx {
         matmul(
             mat_mut(dx, n, inp),
             accum,
             mat(dy, n, out),
-            mat(w, out, inp),
+            mat(&l.weight, out, inp),
         );
     }
 }
@@ -431,7 +423,7 @@ pub fn erf_f32(x: f32) -> f32 {
         -2.101_024e-6,
         -5.692_506_4e-5,
         -7.349_906e-4,
-        -2.954_600e-3,
+        -2.9546e-3,
         -1.609_603_3e-2,
     ] {
         p = p * x2 + c;
