@@ -62,65 +62,43 @@ pub trait Real:
     fn storage_mut(s: &mut candle_core::CpuStorage) -> Option<&mut Vec<Self>>;
 }
 
-impl Real for f32 {
-    fn of(x: f64) -> Self {
-        x as f32
-    }
-    fn zero_() -> Self {
-        0.0
-    }
-    fn one_() -> Self {
-        1.0
-    }
-    #[inline(always)]
-    fn sqrt(self) -> Self {
-        f32::sqrt(self)
-    }
-    #[inline(always)]
-    fn exp_(self) -> Self {
-        ops::exp_f32(self)
-    }
-    #[inline(always)]
-    fn erf_(self) -> Self {
-        ops::erf_f32(self)
-    }
-    fn storage_mut(s: &mut candle_core::CpuStorage) -> Option<&mut Vec<Self>> {
-        match s {
-            candle_core::CpuStorage::F32(v) => Some(v),
-            _ => None,
+/// `Real` for a float type: its CPU storage variant and its exp and erf.
+macro_rules! impl_real {
+    ($t:ty, $variant:ident, $exp:path, $erf:path) => {
+        impl Real for $t {
+            fn of(x: f64) -> Self {
+                x as $t
+            }
+            fn zero_() -> Self {
+                0.0
+            }
+            fn one_() -> Self {
+                1.0
+            }
+            #[inline(always)]
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
+            }
+            #[inline(always)]
+            fn exp_(self) -> Self {
+                $exp(self)
+            }
+            #[inline(always)]
+            fn erf_(self) -> Self {
+                $erf(self)
+            }
+            fn storage_mut(s: &mut candle_core::CpuStorage) -> Option<&mut Vec<Self>> {
+                match s {
+                    candle_core::CpuStorage::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
         }
-    }
+    };
 }
 
-impl Real for f64 {
-    fn of(x: f64) -> Self {
-        x
-    }
-    fn zero_() -> Self {
-        0.0
-    }
-    fn one_() -> Self {
-        1.0
-    }
-    #[inline(always)]
-    fn sqrt(self) -> Self {
-        f64::sqrt(self)
-    }
-    #[inline(always)]
-    fn exp_(self) -> Self {
-        f64::exp(self)
-    }
-    #[inline(always)]
-    fn erf_(self) -> Self {
-        candle_core::cpu::erf::erf_f64(self)
-    }
-    fn storage_mut(s: &mut candle_core::CpuStorage) -> Option<&mut Vec<Self>> {
-        match s {
-            candle_core::CpuStorage::F64(v) => Some(v),
-            _ => None,
-        }
-    }
-}
+impl_real!(f32, F32, ops::exp_f32, ops::erf_f32);
+impl_real!(f64, F64, f64::exp, candle_core::cpu::erf::erf_f64);
 
 /// Why the fused step cannot run a model of config `c` on `device` (None: it can).
 pub fn unsupported(c: &ModelConfig, device: &Device) -> Option<String> {
