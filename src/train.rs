@@ -874,6 +874,13 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         path: "<config>".into(),
         msg: e.to_string(),
     })?;
+    // Refused before anything is written.
+    if let (Engine::Fused, Some(why)) = (
+        opts.engine,
+        fused::unsupported(&cfg.model_config(), &opts.device),
+    ) {
+        return Err(TrainError::Engine(why));
+    }
     let out = &opts.out;
     let (model, mut opt, start) = start_or_resume(cfg, opts)?;
     let o = &cfg.train;

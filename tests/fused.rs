@@ -323,6 +323,25 @@ fn engine_fused_is_refused_with_the_reason_where_it_does_not_apply() {
     }
     // Auto falls back to Candle for it.
     assert!(train::train_step_on(&cfg, &model, &mut opt, 0, Engine::Auto).is_ok());
+    // `icl train --engine fused` refuses it before writing anything.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let opts = train::TrainOptions {
+        out: out.clone(),
+        resume: false,
+        stop_after: None,
+        progress: false,
+        device: Device::Cpu,
+        engine: Engine::Fused,
+    };
+    match train::train(&cfg, &opts) {
+        Err(TrainError::Engine(why)) => assert!(why.contains("momentum"), "{why}"),
+        other => panic!(
+            "expected the engine error, got {:?}",
+            other.map(|s| s.steps_done)
+        ),
+    }
+    assert!(!out.exists(), "a refused run wrote {}", out.display());
 }
 
 // ---- kernels against the plain Candle composition, f32, random inputs ----
