@@ -23,6 +23,7 @@ pub mod plot;
 pub mod progress;
 pub mod prompt;
 pub mod ranges;
+pub mod simd;
 pub mod solvers;
 pub mod tensors;
 pub mod train;

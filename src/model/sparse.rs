@@ -7,7 +7,11 @@
 //! head's softmax is a fixed weighting of earlier columns. This executor stores every linear map
 //! as its non-zero rows ([`SparseLinear`]), each head's attention as, per query column, the list
 //! of (key column, weight) pairs the softmax gives ([`Pattern`]), and runs column by column.
-//! It computes in the model file's dtype (f64 or f32, like the dense forward) and applies to
+//! It rounds as the dense forward does — each dot product one fused multiply-add per non-zero
+//! term in ascending order (Candle's matrix products on an FMA CPU; the zero terms it skips leave
+//! that chain unchanged), Candle's in-order sums and `mean = sum · fl(1/n)` — so the two agree
+//! bit for bit there (`tests/sparse.rs`). It computes in the model file's dtype (f64 or f32,
+//! like the dense forward) and applies to
 //! models whose attention has no Q/K and no momentum and whose MLPs are bilinear (the `exact`
 //! target); [`AnySparse::new`] returns `None` for any other.
 
@@ -40,6 +44,14 @@ impl Scalar for f32 {
     fn f64(self) -> f64 {
         self as f64
     }
+}
+
+/// `Σ a_i·b_i` as the dense forward's matrix product computes it on an FMA CPU: one fused
+/// multiply-add per term, in the order given (ascending input index), from 0. Zero terms, which
+/// the sparse lists leave out, change nothing in that chain, so the result is the dense one.
+#[inline(always)]
+fn dot<T: Scalar>(terms: impl Iterator<Item = (T, T)>) -> T {
+    terms.fold(T::zero(), |acc, (a, b)| a.mul_add(b, acc))
 }
 
 /// One output row of a [`SparseLinear`]: its index, its bias and its non-zero (input, weight)s.
@@ -75,20 +87,20 @@ impl<T: Scalar> SparseLinear<T> {
         self.rows.iter().map(|r| r.0)
     }
 
-    /// `W x + b` into `y` (length `out`; rows not listed are left untouched — callers zero them).
+    /// `W x + b` into `y` (length `out`; rows not listed are left untouched — callers zero them):
+    /// the dense product's chain over the non-zero terms, then the bias.
+    #[inline(always)]
     fn apply(&self, x: &[T], y: &mut [T]) {
         for (r, b, w) in &self.rows {
-            // Same order as a dense dot product over the non-zero terms, then the bias.
-            let s: T = w.iter().map(|&(c, v)| v * x[c]).sum();
-            y[*r] = s + *b;
+            y[*r] = dot(w.iter().map(|&(c, v)| (x[c], v))) + *b;
         }
     }
 
     /// Adds `W x + b` to `h` (the residual update).
+    #[inline(always)]
     fn add_to(&self, x: &[T], h: &mut [T]) {
         for (r, b, w) in &self.rows {
-            let s: T = w.iter().map(|&(c, v)| v * x[c]).sum();
-            h[*r] = h[*r] + (s + *b);
+            h[*r] = h[*r] + (dot(w.iter().map(|&(c, v)| (x[c], v))) + *b);
         }
     }
 
@@ -283,8 +295,17 @@ impl<T: Scalar> SparseModel<T> {
         n
     }
 
-    /// The prediction at every x̃ column of one prompt of `t_len` columns.
+    /// The prediction at every x̃ column of one prompt of `t_len` columns (compiled for the
+    /// CPU's FMA unit, as the dense forward's products run: `crate::simd`).
     pub fn predict(&self, p: &Prompt) -> Vec<f64> {
+        crate::simd::simd(
+            #[inline(always)]
+            || self.predict_columns(p),
+        )
+    }
+
+    #[inline(always)]
+    fn predict_columns(&self, p: &Prompt) -> Vec<f64> {
         let width = self.config.width;
         let tokens = p.tokens();
         debug_assert_eq!(tokens.len(), self.t_len);
@@ -328,19 +349,18 @@ impl<T: Scalar> SparseModel<T> {
     }
 
     /// `E · token + b + pos[t]`, in the dense forward's order.
+    #[inline(always)]
     fn embed(&self, t: usize, tok: &[f64]) -> Vec<T> {
         let (w, b) = &self.embed;
         w.iter()
             .zip(b)
             .zip(&self.pos[t])
-            .map(|((row, &b), &p)| {
-                let s: T = row.iter().zip(tok).map(|(&w, &x)| w * T::of(x)).sum();
-                s + b + p
-            })
+            .map(|((row, &b), &p)| dot(tok.iter().zip(row).map(|(&x, &w)| (T::of(x), w))) + b + p)
             .collect()
     }
 
     /// `h += O · concat_h(Σ_s p[h,t,s] v_s^h) + o.bias` for every column t.
+    #[inline(always)]
     fn attention(&self, a: &SparseAttention<T>, h: &mut [Vec<T>]) {
         let inner = a.v.out;
         let v: Vec<Vec<T>> = h
@@ -356,7 +376,7 @@ impl<T: Scalar> SparseModel<T> {
             o.iter_mut().for_each(|x| *x = T::zero());
             for (pattern, dims) in &a.heads {
                 for &i in dims {
-                    o[i] = pattern.per_query[t].iter().map(|&(s, p)| p * v[s][i]).sum();
+                    o[i] = dot(pattern.per_query[t].iter().map(|&(s, p)| (p, v[s][i])));
                 }
             }
             a.o.add_to(&o, col);
@@ -375,15 +395,23 @@ fn uniform_causal<T: Scalar>(t_len: usize, zero_attn: bool) -> Pattern<T> {
     Pattern { per_query }
 }
 
-/// LayerNorm of one column into `out` (biased variance, as the dense forward).
+/// LayerNorm of one column into `out` (biased variance), as the dense forward rounds it: sums
+/// from 0 in order, means as the sum times fl(1/n) (Candle's `mean`).
+#[inline(always)]
 fn layer_norm<T: Scalar>(x: &[T], g: &[T], b: &[T], eps: T, out: &mut [T]) {
-    let n = T::of(x.len() as f64);
-    let mean = x.iter().copied().sum::<T>() / n;
-    let var = x.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() / n;
+    let inv_n = T::of(1.0 / x.len() as f64);
+    let mean = sum(x.iter().copied()) * inv_n;
+    let var = sum(x.iter().map(|&v| (v - mean) * (v - mean))) * inv_n;
     let den = (var + eps).sqrt();
     for i in 0..x.len() {
         out[i] = (x[i] - mean) / den * g[i] + b[i];
     }
+}
+
+/// `Σ v_i` from 0, first to last (Candle's CPU sum).
+#[inline(always)]
+fn sum<T: Scalar>(v: impl Iterator<Item = T>) -> T {
+    v.fold(T::zero(), |a, x| a + x)
 }
 
 fn cast<T: Scalar>(v: &[f64]) -> Vec<T> {

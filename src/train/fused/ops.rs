@@ -15,35 +15,7 @@ use rayon::prelude::*;
 /// Rows per parallel task of the row-wise kernels (a fixed split: results do not depend on it).
 const ROW_CHUNK: usize = 64;
 
-/// Run `f` compiled for the CPU's widest vector unit (see the module doc): AVX-512 or AVX2+FMA
-/// where the CPU has it (detected at run time), else the baseline. `f` must be an
-/// `#[inline(always)]` closure so that its body is compiled inside the wider target.
-#[inline(always)]
-pub fn simd<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-        unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-        {
-            // SAFETY: the CPU has the features this function is compiled for.
-            return unsafe { avx512(f) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: as above.
-            return unsafe { avx2(f) };
-        }
-    }
-    f()
-}
+pub use crate::simd::simd;
 
 /// faer's parallelism for a product of `flops` floating-point operations: the rayon pool's
 /// threads when there is more than one and the product is big enough to share, else one.
