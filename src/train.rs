@@ -687,6 +687,22 @@ pub enum Engine {
     Candle,
 }
 
+impl Engine {
+    /// Whether this engine runs a model of config `c` on `device` on the fused step: `Candle`
+    /// never, `Auto` where the fused step covers the model, `Fused` there and otherwise an error
+    /// naming why. The one place the engine is resolved.
+    pub fn runs_fused(self, c: &ModelConfig, device: &Device) -> Result<bool> {
+        if self == Engine::Candle {
+            return Ok(false);
+        }
+        match (self, fused::unsupported(c, device)) {
+            (_, None) => Ok(true),
+            (Engine::Fused, Some(why)) => Err(TrainError::Engine(why)),
+            _ => Ok(false),
+        }
+    }
+}
+
 /// One training step (0-based `step`): sample the step's batch, forward, MSE on every x̃ column,
 /// backward, global-norm clipping, AdamW update with the scheduled learning rate; on the
 /// [`Engine::Auto`] path.
@@ -712,12 +728,8 @@ pub fn train_step_on(
         .distribution()
         .sample_batch(o.batch, batch_seed(o.seed, step));
     let lr = learning_rate(o, step);
-    match (engine, fused::unsupported(&model.config, model.device())) {
-        (Engine::Auto | Engine::Fused, None) => {
-            return fused::train_step(cfg, model, opt, prompts, lr)
-        }
-        (Engine::Fused, Some(why)) => return Err(TrainError::Engine(why)),
-        _ => {}
+    if engine.runs_fused(&model.config, model.device())? {
+        return fused::train_step(cfg, model, opt, prompts, lr);
     }
     let (lval, mut grads) = candle_loss_and_grads(model, &prompts)?;
     if !lval.is_finite() {
@@ -793,11 +805,10 @@ pub const ONE_THREAD_BELOW_FLOPS: f64 = 1e9;
 /// Candle's CPU kernels split work by output rows, never a sum, and so does the fused step
 /// (`tests/fused.rs` checks one against two threads bit for bit).
 pub fn cpu_threads(cfg: &TrainConfig, engine: Engine) -> Option<usize> {
-    let fused = match engine {
-        Engine::Candle => false,
-        Engine::Fused => true,
-        Engine::Auto => fused::unsupported(&cfg.model_config(), &Device::Cpu).is_none(),
-    };
+    // A refused `--engine fused` counts as fused here: the run stops before its first step.
+    let fused = engine
+        .runs_fused(&cfg.model_config(), &Device::Cpu)
+        .unwrap_or(true);
     (!fused && step_flops(cfg) < ONE_THREAD_BELOW_FLOPS).then_some(1)
 }
 
@@ -874,13 +885,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         path: "<config>".into(),
         msg: e.to_string(),
     })?;
-    // Refused before anything is written.
-    if let (Engine::Fused, Some(why)) = (
-        opts.engine,
-        fused::unsupported(&cfg.model_config(), &opts.device),
-    ) {
-        return Err(TrainError::Engine(why));
-    }
+    // `--engine fused` on a model it does not cover is refused before anything is written.
+    opts.engine.runs_fused(&cfg.model_config(), &opts.device)?;
     let out = &opts.out;
     let (model, mut opt, start) = start_or_resume(cfg, opts)?;
     let o = &cfg.train;

@@ -80,13 +80,16 @@ pub(super) fn dims(c: &ModelConfig, prompts: &[Prompt]) -> Result<Dims> {
         .ok_or_else(|| TrainError::Internal("an empty batch".into()))?;
     let t = first.columns();
     if t > c.max_len || prompts.iter().any(|p| p.columns() != t) {
-        return Err(TrainError::Resume(format!(
-            "internal: prompts of {t} columns for max_len {}",
+        return Err(TrainError::Internal(format!(
+            "prompts of {t} columns for max_len {}",
             c.max_len
         )));
     }
-    let a = c.layers[0].attn.expect("checked by unsupported()");
-    let hidden = c.layers[0].mlp.expect("checked by unsupported()").hidden;
+    // `unsupported()` refuses models without these before a step runs.
+    let uncovered = || TrainError::Internal("the fused step got a model it does not cover".into());
+    let layer = c.layers.first().ok_or_else(uncovered)?;
+    let a = layer.attn.ok_or_else(uncovered)?;
+    let hidden = layer.mlp.ok_or_else(uncovered)?.hidden;
     let batch = prompts.len();
     Ok(Dims {
         batch,

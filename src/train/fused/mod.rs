@@ -220,14 +220,9 @@ fn step_in<T: Real>(
         Some(g) => g,
         None => params.map(|_| Vec::new()),
     };
-    let mut status = Ok(());
-    let mut dst = params.leaves_mut().into_iter();
-    weights.visit(|t| {
-        if status.is_ok() {
-            status = storage::read_into(t, dst.next().expect("same tree"));
-        }
-    });
-    status?;
+    for (t, dst) in weights.leaves().into_iter().zip(params.leaves_mut()) {
+        storage::read_into(t, dst)?;
+    }
     let loss = loss_and_grads_into(&model.config, &params, buf, &prompts, &mut grads);
     let out = loss.and_then(|loss| {
         if !loss.is_finite() {

@@ -189,7 +189,7 @@ pub fn layer_norm<T: Real>(
 }
 
 /// LayerNorm backward. With `g = dy ⊙ gain`: `dx = (g − mean(g) − x̂·mean(g ⊙ x̂)) / σ`, added
-/// into `dx`; `dgain = Σ_rows dy ⊙ x̂` and `dshift = Σ_rows dy` written. `tmp` is scratch.
+/// into `dx`; `dgain = Σ_rows dy ⊙ x̂` and `dshift = Σ_rows dy` written.
 pub fn layer_norm_backward<T: Real>(
     dx: &mut [T],
     dy: &[T],
